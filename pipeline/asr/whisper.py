@@ -1,0 +1,90 @@
+"""Speech recognition with faster-whisper (CTranslate2)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+from pipeline.errors import EmptyTranscript, ModelMissing
+from pipeline.media.audio_input import resample
+from pipeline.types import Audio, Transcript, WordTiming
+
+log = logging.getLogger(__name__)
+
+WHISPER_RATE = 16000
+
+
+class WhisperRecognizer:
+    """Whisper through faster-whisper: CUDA float16 when a GPU is there, CPU int8 otherwise.
+
+    `model` is a local CTranslate2 model folder (the default is assembled into checkpoints/ from
+    registry packages) or, online only, a faster-whisper model name. The model is loaded once and
+    shared; CTranslate2 models are safe to call from several threads, but on a small CPU running two
+    transcriptions at once only makes both slower, so calls are serialised.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        device: str = "auto",
+        compute_type: str = "auto",
+        beam_size: int = 1,
+        vad: bool = True,
+        threads: int = 0,
+    ) -> None:
+        from faster_whisper import WhisperModel
+
+        if device == "auto":
+            device = "cuda" if _cuda_available() else "cpu"
+        if compute_type == "auto":
+            compute_type = "float16" if device == "cuda" else "int8"
+        looks_like_path = os.sep in model or model.startswith(".")
+        if looks_like_path and not (Path(model) / "model.bin").is_file():
+            raise ModelMissing(f"Whisper model not found at {model}", name=model)
+        self.model = WhisperModel(
+            model, device=device, compute_type=compute_type, cpu_threads=threads or (os.cpu_count() or 1)
+        )
+        self.beam_size = beam_size
+        self.vad = vad
+        self._lock = threading.Lock()
+        log.info("whisper %s on %s (%s)", model, device, compute_type)
+
+    def transcribe(self, audio: Audio, language: str | None = None) -> Transcript:
+        samples = resample(audio, WHISPER_RATE).samples
+        with self._lock:
+            segments, info = self.model.transcribe(
+                samples,
+                language=language,
+                beam_size=self.beam_size,
+                vad_filter=self.vad,
+                word_timestamps=True,
+                condition_on_previous_text=False,
+            )
+            segments = list(segments)
+        # Whisper sometimes writes Mandarin in traditional characters; users expect simplified.
+        norm = _to_simplified if info.language == "zh" else str.strip
+        words = tuple(
+            WordTiming(norm(w.word), w.start, w.end) for s in segments for w in (s.words or ()) if w.word.strip()
+        )
+        joiner = "" if info.language in ("zh", "ja") else " "
+        text = joiner.join(norm(s.text) for s in segments).strip()
+        if not any(ch.isalnum() for ch in text):
+            raise EmptyTranscript("no words recognised")
+        return Transcript(text=text, language=info.language, words=words, audio_duration=audio.duration)
+
+def _to_simplified(text: str) -> str:
+    import zhconv
+
+    return zhconv.convert(text.strip(), "zh-cn")
+
+
+def _cuda_available() -> bool:
+    try:
+        import ctranslate2
+
+        return ctranslate2.get_cuda_device_count() > 0
+    except Exception:
+        return False

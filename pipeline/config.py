@@ -1,0 +1,170 @@
+"""Settings: `config/default.toml`, then an optional user file, then `TALKTWIN_<SECTION>__<KEY>` env vars.
+
+Every setting is documented in config/default.toml. Secrets never live in these files: settings that
+need one name the environment variable that holds it (`api_key_env`). A bad value or an unknown key
+fails at start with a ConfigError that names the key, e.g. `llm.temperature: ...`.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pipeline.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = PROJECT_ROOT / "config" / "default.toml"
+ENV_PREFIX = "TALKTWIN_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PathSettings(_Section):
+    data_dir: Path
+    checkpoints_dir: Path
+
+
+class LimitSettings(_Section):
+    max_audio_seconds: float = Field(gt=0)
+    max_upload_mb: float = Field(gt=0)
+    max_text_chars: int = Field(gt=0)
+
+
+class AsrSettings(_Section):
+    backend: Literal["whisper"]
+    model: str
+    device: Literal["auto", "cpu", "cuda"]
+    compute_type: str
+    beam_size: int = Field(ge=1, le=10)
+    vad: bool
+    threads: int = Field(ge=0)
+
+
+class LlmSettings(_Section):
+    backend: Literal["llamacpp", "openai", "transformers"]
+    model: str
+    base_url: str
+    api_key_env: str
+    max_tokens: int = Field(gt=0, le=4096)
+    temperature: float = Field(ge=0, le=2)
+    context_tokens: int = Field(ge=256)
+    threads: int = Field(ge=0)
+    history_turns: int = Field(ge=0)
+    timeout_s: float = Field(gt=0)
+    persona_en: str
+    persona_zh: str
+
+
+class TtsSettings(_Section):
+    backend: Literal["auto", "edge", "piper", "espeak"]
+    edge_timeout_s: float = Field(gt=0)
+    edge_retries: int = Field(ge=0, le=5)
+    edge_voice_en: str
+    edge_voice_zh: str
+    piper_voice: str
+    espeak_voice_en: str
+    espeak_voice_zh: str
+    voice: str
+    rate: int = Field(ge=-90, le=200)
+    volume: int = Field(ge=0, le=100)
+    pitch: int = Field(ge=-100, le=100)
+
+
+RENDER_SIZES = (256, 384, 512, 640)
+
+
+class RenderSettings(_Section):
+    backend: Literal["warp"]
+    device: Literal["auto", "cpu", "cuda"]
+    size: int
+    fps: int = Field(ge=10, le=60)
+    batch: int = Field(ge=1, le=512)
+    threads: int = Field(ge=0)
+    avatar: Path
+    seed: int
+
+    @field_validator("size")
+    @classmethod
+    def _known_size(cls, size: int) -> int:
+        if size not in RENDER_SIZES:
+            raise ValueError(f"must be one of {RENDER_SIZES}")
+        return size
+
+
+class OutputSettings(_Section):
+    format: Literal["video_note", "video"]
+    subtitles: bool
+    font: str
+    crf: int = Field(ge=0, le=51)
+    preset: str
+    audio_bitrate_k: int = Field(ge=16, le=320)
+    video_note_max_seconds: float = Field(gt=0, le=60)
+
+
+class Settings(_Section):
+    paths: PathSettings
+    limits: LimitSettings
+    asr: AsrSettings
+    llm: LlmSettings
+    tts: TtsSettings
+    render: RenderSettings
+    output: OutputSettings
+
+    def resolve(self, path: str | Path) -> Path:
+        """A configured path, relative ones taken from the project root (not the working dir)."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else PROJECT_ROOT / p
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any], where: str) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping):
+            if not isinstance(out.get(key, {}), Mapping):
+                raise ConfigError(f"{where}{key}: expected a value, got a section")
+            out[key] = _merge(out.get(key, {}), value, f"{where}{key}.")
+        else:
+            out[key] = value
+    return out
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """TALKTWIN_LLM__TEMPERATURE=0.3 -> {"llm": {"temperature": "0.3"}} (pydantic converts types)."""
+    out: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
+        out.setdefault(section, {})[key] = value
+    return out
+
+
+def load_settings(
+    path: str | Path | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Defaults, then the file at `path` (or $TALKTWIN_CONFIG), then env overrides; validated."""
+    environ = os.environ if environ is None else environ
+    with DEFAULT_CONFIG.open("rb") as f:
+        data = tomllib.load(f)
+    path = path or environ.get("TALKTWIN_CONFIG")
+    if path:
+        try:
+            with Path(path).open("rb") as f:
+                data = _merge(data, tomllib.load(f), "")
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError(f"cannot read config file {path}: {e}") from e
+    data = _merge(data, _env_overrides(environ), "")
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
+        )
+        raise ConfigError(f"bad setting: {problems}") from None

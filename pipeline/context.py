@@ -1,0 +1,29 @@
+"""What the pipeline knows about a user when it answers: earlier turns and retrieved knowledge.
+
+The orchestrator asks a ConversationContext for it before each reply and reports the finished turn
+afterwards. `memory/` provides the implementations (an in-process one now; a persistent one with
+summaries and a knowledge base later) without the pipeline changing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pipeline.llm.base import ChatMessage
+
+
+@dataclass(frozen=True)
+class ReplyContext:
+    history: tuple[ChatMessage, ...] = ()
+    # Retrieved passages as (source name, text); quoted to the model as data, never as instructions.
+    knowledge: tuple[tuple[str, str], ...] = ()
+    notes: tuple[str, ...] = field(default=())  # facts about the user worth keeping in view
+
+
+class ConversationContext(Protocol):
+    def context_for(self, conversation: str, text: str) -> ReplyContext:
+        """The context for answering `text` in `conversation` (a key such as "telegram:123")."""
+        ...
+
+    def record_turn(self, conversation: str, user_text: str, answer: str) -> None: ...

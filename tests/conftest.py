@@ -1,0 +1,42 @@
+"""Shared fixtures. Two tiers: hermetic (default) and `real_models` (Whisper, Qwen, Piper for real)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import PROJECT_ROOT, Settings, load_settings
+
+os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+os.environ.setdefault("no_proxy", "127.0.0.1,localhost")
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Default settings with a private data directory."""
+    return load_settings(environ={"TALKTWIN_PATHS__DATA_DIR": str(tmp_path / "data")})
+
+
+@pytest.fixture(scope="session")
+def session_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    data = tmp_path_factory.mktemp("data")
+    return load_settings(environ={"TALKTWIN_PATHS__DATA_DIR": str(data)})
+
+
+@pytest.fixture(scope="session")
+def avatar_bytes() -> bytes:
+    return (PROJECT_ROOT / "assets" / "avatar.jpg").read_bytes()
+
+
+@pytest.fixture(scope="session")
+def models_installed(session_settings: Settings) -> Settings:
+    """Skip-free guard: the real tier needs `run_bots.py models install` to have run (the Makefile does)."""
+    from pipeline.model_store import ModelStore
+
+    store = ModelStore(session_settings.resolve(session_settings.paths.checkpoints_dir))
+    missing = [name for name, ok, _, _ in store.describe() if not ok]
+    if missing:
+        pytest.fail(f"default models missing: {missing}; run `python run_bots.py models install`")
+    return session_settings

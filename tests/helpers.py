@@ -1,0 +1,116 @@
+"""Test helpers: push inputs through a real pipeline and inspect the mp4 that comes out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+
+from pipeline.llm.base import ChatMessage
+from pipeline.media.ffmpeg import run_ffmpeg
+
+
+class ScriptedChat:
+    """A stand-in chat model for the hermetic tier: streams a fixed answer word by word.
+
+    It records the messages it was given, so tests can check what the pipeline asked.
+    """
+
+    def __init__(self, answer: str) -> None:
+        self.answer = answer
+        self.calls: list[list[ChatMessage]] = []
+
+    def stream(self, messages: Sequence[ChatMessage], *, max_tokens: int, temperature: float) -> Iterator[str]:
+        self.calls.append(list(messages))
+        cjk = any("\u4e00" <= ch <= "\u9fff" for ch in self.answer)
+        pieces = list(self.answer) if cjk else [w + " " for w in self.answer.split(" ")]
+        yield from pieces
+
+
+class NoRecognizer:
+    """For text-only tests: fails loudly if the pipeline tries to transcribe."""
+
+    def transcribe(self, audio, language=None):
+        raise AssertionError("ASR must not run for a text message")
+
+
+@dataclass
+class Mp4Info:
+    video_codec: str
+    audio_codec: str
+    width: int
+    height: int
+    pix_fmt: str
+    duration: float  # container duration
+    audio_duration: float
+    frames: np.ndarray  # (n, h, w, 3) uint8, every decoded frame
+    fps: float
+    audio: np.ndarray  # mono float32
+    sample_rate: int
+
+
+def probe_mp4(path: Path) -> Mp4Info:
+    """Decode an mp4 completely with PyAV (libavformat/libavcodec, what ffprobe uses)."""
+    with av.open(str(path)) as box:
+        v = box.streams.video[0]
+        a = box.streams.audio[0]
+        info = (v.codec_context.name, a.codec_context.name, v.codec_context.width, v.codec_context.height,
+                v.codec_context.pix_fmt, box.duration / 1e6, float(v.average_rate))  # fmt: skip
+        frames = np.stack([f.to_ndarray(format="rgb24") for f in box.decode(video=0)])
+    with av.open(str(path)) as box:
+        chunks = [f.to_ndarray().mean(axis=0) for f in box.decode(audio=0)]
+        rate = box.streams.audio[0].codec_context.sample_rate
+    audio = np.concatenate(chunks).astype(np.float32)
+    vc, ac, w, h, pix, dur, fps = info
+    return Mp4Info(vc, ac, w, h, pix, dur, len(audio) / rate, frames, fps, audio, rate)
+
+
+def mouth_box(frame: np.ndarray) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1) around the lips, found independently with FaceMesh on a rendered frame."""
+    import mediapipe as mp
+
+    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1) as mesh:
+        found = mesh.process(frame)
+    assert found.multi_face_landmarks, "no face in the rendered frame"
+    h, w = frame.shape[:2]
+    lips = [61, 291, 0, 17, 13, 14, 78, 308]
+    pts = np.array([[found.multi_face_landmarks[0].landmark[i].x * w,
+                     found.multi_face_landmarks[0].landmark[i].y * h] for i in lips])  # fmt: skip
+    (x0, y0), (x1, y1) = pts.min(0), pts.max(0)
+    pad = 0.25 * (x1 - x0)
+    return int(y0 - pad), int(y1 + pad), int(x0 - pad), int(x1 + pad)
+
+
+def voiced_and_silent_frames(info: Mp4Info) -> tuple[list[int], list[int]]:
+    """Frame indices whose audio is clearly speech, and clearly silence."""
+    per_frame = info.sample_rate / info.fps
+    rms = np.array([
+        np.sqrt(np.mean(info.audio[int(i * per_frame): int((i + 1) * per_frame)] ** 2) + 1e-12)
+        for i in range(len(info.frames))
+    ])  # fmt: skip
+    loud = rms.max()
+    return [i for i in range(len(rms)) if rms[i] > 0.3 * loud], [i for i in range(len(rms)) if rms[i] < 0.01 * loud]
+
+
+def mouth_change(info: Mp4Info) -> tuple[float, float]:
+    """Mean abs pixel change in the mouth box vs the first frame: (voiced frames, silent frames)."""
+    y0, y1, x0, x1 = mouth_box(info.frames[0])
+    ref = info.frames[0, y0:y1, x0:x1].astype(np.float32)
+    voiced, silent = voiced_and_silent_frames(info)
+    assert voiced, "no voiced frames found in the audio track"
+
+    def change(idx: list[int]) -> float:
+        if not idx:
+            return 0.0
+        return float(np.mean([np.abs(info.frames[i, y0:y1, x0:x1].astype(np.float32) - ref).mean() for i in idx]))
+
+    return change(voiced), change(silent)
+
+
+def make_tone(path: Path, seconds: float, fmt_args: Sequence[str] = ()) -> Path:
+    """A 220 Hz tone with a little noise, encoded by ffmpeg into whatever `path`'s extension says."""
+    run_ffmpeg(["-y", "-f", "lavfi", "-i", f"sine=frequency=220:duration={seconds}", *fmt_args, str(path)])
+    return path

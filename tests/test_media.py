@@ -1,0 +1,133 @@
+"""Audio decoding of what users send, and the mp4 that goes back (real ffmpeg, real PyAV)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.errors import AudioTooLong, EmptyAudio, FileTooLarge, UnreadableAudio
+from pipeline.media.audio_input import decode_audio, resample
+from pipeline.media.subtitles import SubtitleBurner
+from pipeline.media.video_output import VideoWriter
+from pipeline.types import Audio, Speech, WordTiming
+from tests.helpers import make_tone, probe_mp4
+
+
+@pytest.mark.parametrize(
+    ("name", "args"),
+    [
+        ("voice.ogg", ["-c:a", "libopus", "-b:a", "24k"]),  # a Telegram voice note
+        ("song.mp3", []),
+        ("memo.m4a", ["-c:a", "aac", "-movflags", "+faststart"]),
+        ("plain.wav", []),
+    ],
+)
+def test_decodes_what_users_send(tmp_path: Path, name: str, args: list[str]):
+    path = make_tone(tmp_path / name, 2.0, args)
+    audio = decode_audio(path.read_bytes())
+    assert audio.sample_rate == 16000
+    assert audio.duration == pytest.approx(2.0, abs=0.08)
+    assert np.abs(audio.samples).max() == pytest.approx(0.125, abs=0.07)  # lavfi sine amplitude, codecs overshoot a little
+
+
+def test_decodes_the_sound_track_of_a_video(tmp_path: Path):
+    from pipeline.media.ffmpeg import run_ffmpeg
+
+    video = tmp_path / "clip.mp4"
+    run_ffmpeg(["-y", "-f", "lavfi", "-i", "testsrc=size=64x64:rate=10:duration=1.5", "-f", "lavfi",
+                "-i", "sine=frequency=300:duration=1.5", "-c:v", "libx264", "-c:a", "aac", "-shortest", str(video)])  # fmt: skip
+    assert decode_audio(video).duration == pytest.approx(1.5, abs=0.1)
+
+
+def test_not_audio_is_refused_in_both_languages(tmp_path: Path, avatar_bytes: bytes):
+    with pytest.raises(UnreadableAudio) as err:
+        decode_audio(avatar_bytes)
+    assert "audio" in err.value.user_message("en")
+    assert "音频" in err.value.user_message("zh")
+    with pytest.raises(UnreadableAudio):
+        decode_audio(b"OggS" + bytes(range(256)) * 40)  # corrupt voice note
+
+
+def test_empty_and_silent_recordings(tmp_path: Path):
+    with pytest.raises(EmptyAudio):
+        decode_audio(b"")
+    from pipeline.media.ffmpeg import run_ffmpeg
+
+    silent = tmp_path / "silent.ogg"
+    run_ffmpeg(["-y", "-f", "lavfi", "-i", "anullsrc=r=48000:cl=mono", "-t", "1", "-c:a", "libopus", str(silent)])
+    with pytest.raises(EmptyAudio) as err:
+        decode_audio(silent)
+    assert "录音" in err.value.user_message("zh")
+
+
+def test_too_long_reports_real_length_and_limit(tmp_path: Path):
+    path = make_tone(tmp_path / "long.ogg", 9.0, ["-c:a", "libopus"])
+    with pytest.raises(AudioTooLong) as err:
+        decode_audio(path, max_seconds=5)
+    assert err.value.user_message("en") == "That recording is 9 s long; the limit is 5 s."
+    assert err.value.user_message("zh") == "这段录音长 9 秒，上限是 5 秒。"
+
+
+def test_too_large_is_refused_before_decoding():
+    with pytest.raises(FileTooLarge):
+        decode_audio(b"\0" * 2000, max_bytes=1000)
+
+
+def test_resample_keeps_duration_and_pitch():
+    t = np.arange(22050) / 22050
+    tone = Audio(np.sin(2 * np.pi * 440 * t).astype(np.float32), 22050)
+    out = resample(tone, 24000)
+    assert out.duration == pytest.approx(1.0, abs=1e-3)
+    spectrum = np.abs(np.fft.rfft(out.samples))
+    assert np.fft.rfftfreq(len(out.samples), 1 / 24000)[spectrum.argmax()] == pytest.approx(440, abs=2)
+
+
+def _moving_frames(n: int, size: int) -> np.ndarray:
+    frames = np.zeros((n, size, size, 3), np.uint8)
+    for i in range(n):
+        frames[i, :, :, 0] = 40
+        frames[i, size // 4 : size // 2, (i * 3) % size :, 1] = 200
+    return frames
+
+
+def test_video_writer_makes_h264_aac_mp4_of_the_speech_length(tmp_path: Path):
+    fps, size, seconds = 25, 128, 2.4
+    audio = Audio((0.3 * np.sin(np.arange(int(24000 * seconds)) * 0.05)).astype(np.float32), 24000)
+    out = tmp_path / "reply.mp4"
+    with VideoWriter(out, size, fps) as writer:
+        frames = _moving_frames(round(seconds * fps), size)
+        for i in range(0, len(frames), 16):  # streamed in batches
+            writer.write(frames[i : i + 16])
+        writer.finish(audio)
+    info = probe_mp4(out)
+    assert (info.video_codec, info.audio_codec, info.pix_fmt) == ("h264", "aac", "yuv420p")
+    assert (info.width, info.height) == (size, size)
+    assert len(info.frames) == 60
+    assert info.duration == pytest.approx(seconds, abs=0.1)
+    assert info.audio_duration == pytest.approx(seconds, abs=0.1)
+    assert out.read_bytes()[4:8] == b"ftyp" and out.read_bytes().find(b"moov") < out.read_bytes().find(b"mdat")
+
+
+def test_video_writer_rejects_wrong_frames(tmp_path: Path):
+    with VideoWriter(tmp_path / "x.mp4", 64, 25) as writer:
+        with pytest.raises(ValueError, match="expected uint8 frames"):
+            writer.write(np.zeros((2, 32, 32, 3), np.uint8))
+        writer.abort()
+
+
+@pytest.mark.parametrize(
+    ("text", "language"), [("Hello there, nice to meet you.", "en"), ("你好，很高兴认识你。", "zh")]
+)
+def test_subtitles_are_burned_into_the_lower_band_while_spoken(text: str, language: str):
+    size, fps = 256, 25
+    speech = Speech(text, language, Audio(np.zeros(24000, np.float32), 24000),
+                    words=(WordTiming(text, 0.2, 0.8),))  # fmt: skip
+    burner = SubtitleBurner(size)
+    burner.add(speech, offset=1.0)  # the sentence starts 1 s into the clip
+    frames = np.full((50, size, size, 3), 128, np.uint8)
+    out = burner.burn(frames, first_frame=0, fps=fps)
+    lower, upper = slice(size * 2 // 3, size), slice(0, size // 2)
+    changed = [bool(np.any(out[i, lower] != 128)) for i in range(50)]
+    assert not any(changed[:30]) and all(changed[31:49])  # cue runs 1.2 s .. 2.0 s
+    assert not np.any(out[:, upper] != 128)  # text stays in the lower band
+    assert np.any(out[40, lower] > 240) and np.any(out[40, lower] < 40)  # white text, dark outline
