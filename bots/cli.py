@@ -29,11 +29,17 @@ def build_parser() -> argparse.ArgumentParser:
     reply = sub.add_parser("reply", help="answer one message with a video")
     source = reply.add_mutually_exclusive_group(required=True)
     source.add_argument("--text", help="the question as text")
-    source.add_argument("--audio", type=Path, help="the question as an audio file (ogg, mp3, m4a, wav, video)")
+    source.add_argument(
+        "--audio", type=Path, help="the question as an audio file (ogg, mp3, m4a, wav, video)"
+    )
     reply.add_argument("--avatar", type=Path, help="a portrait photo to animate (default: the bundled one)")
     reply.add_argument("--user", default="cli:local", help="conversation key for memory (default cli:local)")
-    reply.add_argument("--format", choices=["video_note", "video"], help="square video note (<=60 s) or video")
-    reply.add_argument("--subtitles", action=argparse.BooleanOptionalAction, default=None, help="burn in subtitles")
+    reply.add_argument(
+        "--format", choices=["video_note", "video"], help="square video note (<=60 s) or video"
+    )
+    reply.add_argument(
+        "--subtitles", action=argparse.BooleanOptionalAction, default=None, help="burn in subtitles"
+    )
     reply.add_argument("-o", "--output", type=Path, required=True, help="where to write the mp4")
 
     models = sub.add_parser("models", help="the model store in checkpoints/")
@@ -61,9 +67,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"No command given: answering a sample question into {out}", file=sys.stderr)
     return reply_command(
         settings,
-        argparse.Namespace(text=SAMPLE_QUESTION, audio=None, avatar=None, user="cli:sample", format=None,
-                           subtitles=None, output=out),
-    )  # fmt: skip
+        argparse.Namespace(
+            text=SAMPLE_QUESTION,
+            audio=None,
+            avatar=None,
+            user="cli:sample",
+            format=None,
+            subtitles=None,
+            output=out,
+        ),
+    )
 
 
 def models_command(settings: Settings, action: str) -> int:

@@ -146,9 +146,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
-def load_settings(
-    path: str | Path | None = None, environ: Mapping[str, str] | None = None
-) -> Settings:
+def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Defaults, then the file at `path` (or $TALKTWIN_CONFIG), then env overrides; validated."""
     environ = os.environ if environ is None else environ
     with DEFAULT_CONFIG.open("rb") as f:
@@ -164,7 +162,5 @@ def load_settings(
     try:
         return Settings.model_validate(data)
     except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
         raise ConfigError(f"bad setting: {problems}") from None

@@ -113,9 +113,8 @@ class ModelStore:
             recorded = json.loads(stamp.read_text())
         except ValueError:
             return False
-        return (
-            recorded == {"sha256": spec.sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-            and all((path.parent / name).is_file() for name, _ in spec.extras)
+        return recorded == {"sha256": spec.sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns} and all(
+            (path.parent / name).is_file() for name, _ in spec.extras
         )
 
     def install(self, log: Callable[[str], None] = print) -> list[Path]:
@@ -160,9 +159,7 @@ class ModelStore:
 
     def describe(self) -> list[tuple[str, bool, str, str]]:
         """(name, installed, path, description) for each default model."""
-        return [
-            (s.name, self.is_installed(s), str(self.main_path(s)), s.description) for s in self.models
-        ]
+        return [(s.name, self.is_installed(s), str(self.main_path(s)), s.description) for s in self.models]
 
 
 def _locate(packaged: PackagedFile) -> Path:

@@ -16,7 +16,7 @@ _SPACES = re.compile(r"\s+")
 
 
 def detect_language(text: str, default: str = "en") -> str:
-    """"zh" when the text is mostly Chinese characters, "en" when mostly Latin letters."""
+    """ "zh" when the text is mostly Chinese characters, "en" when mostly Latin letters."""
     cjk = len(_CJK.findall(text))
     latin = len(_LATIN.findall(text))
     if cjk == 0 and latin == 0:

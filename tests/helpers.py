@@ -23,7 +23,9 @@ class ScriptedChat:
         self.answer = answer
         self.calls: list[list[ChatMessage]] = []
 
-    def stream(self, messages: Sequence[ChatMessage], *, max_tokens: int, temperature: float) -> Iterator[str]:
+    def stream(
+        self, messages: Sequence[ChatMessage], *, max_tokens: int, temperature: float
+    ) -> Iterator[str]:
         self.calls.append(list(messages))
         cjk = any("\u4e00" <= ch <= "\u9fff" for ch in self.answer)
         pieces = list(self.answer) if cjk else [w + " " for w in self.answer.split(" ")]
@@ -57,8 +59,15 @@ def probe_mp4(path: Path) -> Mp4Info:
     with av.open(str(path)) as box:
         v = box.streams.video[0]
         a = box.streams.audio[0]
-        info = (v.codec_context.name, a.codec_context.name, v.codec_context.width, v.codec_context.height,
-                v.codec_context.pix_fmt, box.duration / 1e6, float(v.average_rate))  # fmt: skip
+        info = (
+            v.codec_context.name,
+            a.codec_context.name,
+            v.codec_context.width,
+            v.codec_context.height,
+            v.codec_context.pix_fmt,
+            box.duration / 1e6,
+            float(v.average_rate),
+        )
         frames = np.stack([f.to_ndarray(format="rgb24") for f in box.decode(video=0)])
     with av.open(str(path)) as box:
         chunks = [f.to_ndarray().mean(axis=0) for f in box.decode(audio=0)]
@@ -68,46 +77,67 @@ def probe_mp4(path: Path) -> Mp4Info:
     return Mp4Info(vc, ac, w, h, pix, dur, len(audio) / rate, frames, fps, audio, rate)
 
 
-def mouth_box(frame: np.ndarray) -> tuple[int, int, int, int]:
-    """(y0, y1, x0, x1) around the lips, found independently with FaceMesh on a rendered frame."""
+def mouth_openness(frames: np.ndarray) -> np.ndarray:
+    """Inner-lip gap / mouth width per frame, re-detected with FaceMesh on the rendered pixels.
+
+    Independent of the renderer's own control signal and insensitive to head motion, so it tells
+    whether the lips really move with the speech.
+    """
     import mediapipe as mp
 
-    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1) as mesh:
-        found = mesh.process(frame)
-    assert found.multi_face_landmarks, "no face in the rendered frame"
-    h, w = frame.shape[:2]
-    lips = [61, 291, 0, 17, 13, 14, 78, 308]
-    pts = np.array([[found.multi_face_landmarks[0].landmark[i].x * w,
-                     found.multi_face_landmarks[0].landmark[i].y * h] for i in lips])  # fmt: skip
-    (x0, y0), (x1, y1) = pts.min(0), pts.max(0)
-    pad = 0.25 * (x1 - x0)
-    return int(y0 - pad), int(y1 + pad), int(x0 - pad), int(x1 + pad)
+    out = np.zeros(len(frames))
+    with mp.solutions.face_mesh.FaceMesh(
+        static_image_mode=False, max_num_faces=1, refine_landmarks=True
+    ) as mesh:
+        for i, frame in enumerate(frames):
+            found = mesh.process(np.ascontiguousarray(frame))
+            assert found.multi_face_landmarks, f"no face in rendered frame {i}"
+            lm = found.multi_face_landmarks[0].landmark
+            gap = np.hypot(lm[13].x - lm[14].x, lm[13].y - lm[14].y)
+            width = np.hypot(lm[61].x - lm[291].x, lm[61].y - lm[291].y)
+            out[i] = gap / width
+    return out
 
 
 def voiced_and_silent_frames(info: Mp4Info) -> tuple[list[int], list[int]]:
     """Frame indices whose audio is clearly speech, and clearly silence."""
     per_frame = info.sample_rate / info.fps
-    rms = np.array([
-        np.sqrt(np.mean(info.audio[int(i * per_frame): int((i + 1) * per_frame)] ** 2) + 1e-12)
-        for i in range(len(info.frames))
-    ])  # fmt: skip
+    rms = np.array(
+        [
+            np.sqrt(np.mean(info.audio[int(i * per_frame) : int((i + 1) * per_frame)] ** 2) + 1e-12)
+            for i in range(len(info.frames))
+        ]
+    )
     loud = rms.max()
-    return [i for i in range(len(rms)) if rms[i] > 0.3 * loud], [i for i in range(len(rms)) if rms[i] < 0.01 * loud]
+    return [i for i in range(len(rms)) if rms[i] > 0.3 * loud], [
+        i for i in range(len(rms)) if rms[i] < 0.01 * loud
+    ]
 
 
-def mouth_change(info: Mp4Info) -> tuple[float, float]:
-    """Mean abs pixel change in the mouth box vs the first frame: (voiced frames, silent frames)."""
-    y0, y1, x0, x1 = mouth_box(info.frames[0])
-    ref = info.frames[0, y0:y1, x0:x1].astype(np.float32)
+@dataclass
+class LipSync:
+    correlation: float  # Pearson r between mouth openness and the audio's loudness, per frame
+    peak_open: float  # 95th percentile openness over voiced frames
+    rest_open: float  # median openness over silent frames
+
+
+def lip_sync(info: Mp4Info) -> LipSync:
+    """How the re-detected mouth opening follows the sound track of a rendered clip."""
+    openness = mouth_openness(info.frames)
+    per_frame = info.sample_rate / info.fps
+    loudness = np.array(
+        [
+            np.sqrt(np.mean(info.audio[int(i * per_frame) : int((i + 1) * per_frame)] ** 2) + 1e-12)
+            for i in range(len(info.frames))
+        ]
+    )
     voiced, silent = voiced_and_silent_frames(info)
-    assert voiced, "no voiced frames found in the audio track"
-
-    def change(idx: list[int]) -> float:
-        if not idx:
-            return 0.0
-        return float(np.mean([np.abs(info.frames[i, y0:y1, x0:x1].astype(np.float32) - ref).mean() for i in idx]))
-
-    return change(voiced), change(silent)
+    assert voiced and silent, "expected both speech and pauses in the clip"
+    return LipSync(
+        correlation=float(np.corrcoef(openness, loudness)[0, 1]),
+        peak_open=float(np.percentile(openness[voiced], 95)),
+        rest_open=float(np.median(openness[silent])),
+    )
 
 
 def make_tone(path: Path, seconds: float, fmt_args: Sequence[str] = ()) -> Path:

@@ -19,8 +19,13 @@ def test_defaults_load_and_document_every_setting():
 
 
 def test_env_overrides_with_type_conversion():
-    s = load_settings(environ={"TALKTWIN_LLM__TEMPERATURE": "0.25", "TALKTWIN_RENDER__SIZE": "256",
-                               "TALKTWIN_OUTPUT__SUBTITLES": "true"})  # fmt: skip
+    s = load_settings(
+        environ={
+            "TALKTWIN_LLM__TEMPERATURE": "0.25",
+            "TALKTWIN_RENDER__SIZE": "256",
+            "TALKTWIN_OUTPUT__SUBTITLES": "true",
+        }
+    )
     assert s.llm.temperature == 0.25
     assert s.render.size == 256
     assert s.output.subtitles is True

@@ -27,15 +27,34 @@ def test_decodes_what_users_send(tmp_path: Path, name: str, args: list[str]):
     audio = decode_audio(path.read_bytes())
     assert audio.sample_rate == 16000
     assert audio.duration == pytest.approx(2.0, abs=0.08)
-    assert np.abs(audio.samples).max() == pytest.approx(0.125, abs=0.07)  # lavfi sine amplitude, codecs overshoot a little
+    assert np.abs(audio.samples).max() == pytest.approx(
+        0.125, abs=0.07
+    )  # lavfi sine amplitude, codecs overshoot a little
 
 
 def test_decodes_the_sound_track_of_a_video(tmp_path: Path):
     from pipeline.media.ffmpeg import run_ffmpeg
 
     video = tmp_path / "clip.mp4"
-    run_ffmpeg(["-y", "-f", "lavfi", "-i", "testsrc=size=64x64:rate=10:duration=1.5", "-f", "lavfi",
-                "-i", "sine=frequency=300:duration=1.5", "-c:v", "libx264", "-c:a", "aac", "-shortest", str(video)])  # fmt: skip
+    run_ffmpeg(
+        [
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=64x64:rate=10:duration=1.5",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=300:duration=1.5",
+            "-c:v",
+            "libx264",
+            "-c:a",
+            "aac",
+            "-shortest",
+            str(video),
+        ]
+    )
     assert decode_audio(video).duration == pytest.approx(1.5, abs=0.1)
 
 
@@ -54,7 +73,9 @@ def test_empty_and_silent_recordings(tmp_path: Path):
     from pipeline.media.ffmpeg import run_ffmpeg
 
     silent = tmp_path / "silent.ogg"
-    run_ffmpeg(["-y", "-f", "lavfi", "-i", "anullsrc=r=48000:cl=mono", "-t", "1", "-c:a", "libopus", str(silent)])
+    run_ffmpeg(
+        ["-y", "-f", "lavfi", "-i", "anullsrc=r=48000:cl=mono", "-t", "1", "-c:a", "libopus", str(silent)]
+    )
     with pytest.raises(EmptyAudio) as err:
         decode_audio(silent)
     assert "录音" in err.value.user_message("zh")
@@ -105,7 +126,9 @@ def test_video_writer_makes_h264_aac_mp4_of_the_speech_length(tmp_path: Path):
     assert len(info.frames) == 60
     assert info.duration == pytest.approx(seconds, abs=0.1)
     assert info.audio_duration == pytest.approx(seconds, abs=0.1)
-    assert out.read_bytes()[4:8] == b"ftyp" and out.read_bytes().find(b"moov") < out.read_bytes().find(b"mdat")
+    assert out.read_bytes()[4:8] == b"ftyp" and out.read_bytes().find(b"moov") < out.read_bytes().find(
+        b"mdat"
+    )
 
 
 def test_video_writer_rejects_wrong_frames(tmp_path: Path):
@@ -120,8 +143,9 @@ def test_video_writer_rejects_wrong_frames(tmp_path: Path):
 )
 def test_subtitles_are_burned_into_the_lower_band_while_spoken(text: str, language: str):
     size, fps = 256, 25
-    speech = Speech(text, language, Audio(np.zeros(24000, np.float32), 24000),
-                    words=(WordTiming(text, 0.2, 0.8),))  # fmt: skip
+    speech = Speech(
+        text, language, Audio(np.zeros(24000, np.float32), 24000), words=(WordTiming(text, 0.2, 0.8),)
+    )
     burner = SubtitleBurner(size)
     burner.add(speech, offset=1.0)  # the sentence starts 1 s into the clip
     frames = np.full((50, size, size, 3), 128, np.uint8)

@@ -38,4 +38,6 @@ def test_short_fragments_join_the_next_sentence():
 
 
 def test_clean_for_speech_drops_markdown_and_emoji():
-    assert clean_for_speech("**Sure!** Here:\n1. Breathe deeply 😊\n- Walk") == "Sure! Here: Breathe deeply Walk"
+    assert (
+        clean_for_speech("**Sure!** Here:\n1. Breathe deeply 😊\n- Walk") == "Sure! Here: Breathe deeply Walk"
+    )

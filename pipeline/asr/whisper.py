@@ -67,13 +67,17 @@ class WhisperRecognizer:
         # Whisper sometimes writes Mandarin in traditional characters; users expect simplified.
         norm = _to_simplified if info.language == "zh" else str.strip
         words = tuple(
-            WordTiming(norm(w.word), w.start, w.end) for s in segments for w in (s.words or ()) if w.word.strip()
+            WordTiming(norm(w.word), w.start, w.end)
+            for s in segments
+            for w in (s.words or ())
+            if w.word.strip()
         )
         joiner = "" if info.language in ("zh", "ja") else " "
         text = joiner.join(norm(s.text) for s in segments).strip()
         if not any(ch.isalnum() for ch in text):
             raise EmptyTranscript("no words recognised")
         return Transcript(text=text, language=info.language, words=words, audio_duration=audio.duration)
+
 
 def _to_simplified(text: str) -> str:
     import zhconv

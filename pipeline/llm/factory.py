@@ -13,7 +13,9 @@ def build_chat_model(settings: Settings) -> ChatModel:
     if cfg.backend == "llamacpp":
         from pipeline.llm.llamacpp import LlamaCppChat
 
-        return LlamaCppChat(settings.resolve(cfg.model), context_tokens=cfg.context_tokens, threads=cfg.threads)
+        return LlamaCppChat(
+            settings.resolve(cfg.model), context_tokens=cfg.context_tokens, threads=cfg.threads
+        )
     if cfg.backend == "openai":
         from pipeline.llm.openai_compat import OpenAICompatibleChat
 

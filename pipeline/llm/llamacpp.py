@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
@@ -22,7 +23,9 @@ class LlamaCppChat:
     threads than cores only adds contention).
     """
 
-    def __init__(self, model_path: Path, *, context_tokens: int = 2048, threads: int = 0, gpu: bool = True) -> None:
+    def __init__(
+        self, model_path: Path, *, context_tokens: int = 2048, threads: int = 0, gpu: bool = True
+    ) -> None:
         if not model_path.is_file():
             raise ModelMissing(f"GGUF model not found at {model_path}", name=str(model_path))
         from llama_cpp import Llama
@@ -35,6 +38,8 @@ class LlamaCppChat:
             verbose=False,
         )
         self._lock = threading.Lock()
+        # free the model before interpreter teardown, when llama_cpp's own globals are already gone
+        atexit.register(self.llm.close)
         log.info("llama.cpp model %s (ctx %d)", model_path.name, context_tokens)
 
     def stream(

@@ -53,12 +53,29 @@ def _decode_file(
     limit = [] if max_seconds is None else ["-t", f"{max_seconds + 0.5:.3f}"]
     try:
         pcm = run_ffmpeg(
-            ["-i", str(path), *limit, "-map", "0:a:0", "-vn", "-ac", "1", "-ar", str(sample_rate),
-             "-f", "f32le", "-acodec", "pcm_f32le", "pipe:1"],
+            [
+                "-i",
+                str(path),
+                *limit,
+                "-map",
+                "0:a:0",
+                "-vn",
+                "-ac",
+                "1",
+                "-ar",
+                str(sample_rate),
+                "-f",
+                "f32le",
+                "-acodec",
+                "pcm_f32le",
+                "pipe:1",
+            ],
             timeout=60,
         )
     except subprocess.CalledProcessError as e:
-        raise UnreadableAudio(f"ffmpeg could not decode audio: {e.stderr.decode(errors='replace')[-300:]}") from None
+        raise UnreadableAudio(
+            f"ffmpeg could not decode audio: {e.stderr.decode(errors='replace')[-300:]}"
+        ) from None
     samples = np.frombuffer(pcm, dtype=np.float32).copy()
     if samples.size == 0:
         raise EmptyAudio("no audio samples")

@@ -78,7 +78,9 @@ class SubtitleBurner:
     def __init__(self, size: int, font_path: Path | None = None) -> None:
         self.size = size
         self.font_px = max(14, size // 18)
-        self.font = ImageFont.truetype(str(font_path or default_font_path()), self.font_px, index=_NOTO_SC_INDEX)
+        self.font = ImageFont.truetype(
+            str(font_path or default_font_path()), self.font_px, index=_NOTO_SC_INDEX
+        )
         self.cues: list[Cue] = []
         # two lines of text fit in the frame width at about this many CJK characters per cue
         self.max_chars_cjk = int(0.86 * size / self.font_px) * 2
@@ -123,9 +125,13 @@ class SubtitleBurner:
         draw.rounded_rectangle((x0, 0, x0 + box_w, band_h - 1), radius=pad * 2, fill=(0, 0, 0, 110))
         for i, (line, w) in enumerate(zip(lines, widths, strict=True)):
             draw.text(
-                ((self.size - w) / 2, pad + i * line_h), line, font=self.font, fill=(255, 255, 255, 255),
-                stroke_width=max(1, self.font_px // 12), stroke_fill=(0, 0, 0, 255),
-            )  # fmt: skip
+                ((self.size - w) / 2, pad + i * line_h),
+                line,
+                font=self.font,
+                fill=(255, 255, 255, 255),
+                stroke_width=max(1, self.font_px // 12),
+                stroke_fill=(0, 0, 0, 255),
+            )
         top = self.size - band_h - self.size // 20
         return np.asarray(img), top
 

@@ -47,17 +47,43 @@ class VideoWriter:
         self._tmp = tempfile.TemporaryDirectory(prefix="talktwin-enc-")
         self._video_path = Path(self._tmp.name) / "video.mp4"
         cmd = [
-            ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
-            "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{size}x{size}", "-r", str(fps), "-i", "pipe:0",
-            "-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p",
-            "-profile:v", "main", "-threads", "2", str(self._video_path),
-        ]  # fmt: skip
+            ffmpeg_exe(),
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-s",
+            f"{size}x{size}",
+            "-r",
+            str(fps),
+            "-i",
+            "pipe:0",
+            "-c:v",
+            "libx264",
+            "-preset",
+            preset,
+            "-crf",
+            str(crf),
+            "-pix_fmt",
+            "yuv420p",
+            "-profile:v",
+            "main",
+            "-threads",
+            "2",
+            str(self._video_path),
+        ]
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
 
     def write(self, frames: np.ndarray) -> None:
         """Append frames, uint8 (batch, size, size, 3) RGB."""
         if frames.dtype != np.uint8 or frames.shape[1:] != (self.size, self.size, 3):
-            raise ValueError(f"expected uint8 frames of shape (B, {self.size}, {self.size}, 3), got {frames.shape}")
+            raise ValueError(
+                f"expected uint8 frames of shape (B, {self.size}, {self.size}, 3), got {frames.shape}"
+            )
         if self.subtitles is not None:
             frames = self.subtitles.burn(frames, first_frame=self.frames_written, fps=self.fps)
         assert self._proc.stdin is not None
@@ -77,10 +103,27 @@ class VideoWriter:
         write_wav(wav_path, audio)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         run_ffmpeg(
-            ["-y", "-i", str(self._video_path), "-i", str(wav_path), "-map", "0:v:0", "-map", "1:a:0",
-             "-c:v", "copy", "-c:a", "aac", "-b:a", f"{self.audio_bitrate_k}k",
-             "-movflags", "+faststart", str(self.path)],
-        )  # fmt: skip
+            [
+                "-y",
+                "-i",
+                str(self._video_path),
+                "-i",
+                str(wav_path),
+                "-map",
+                "0:v:0",
+                "-map",
+                "1:a:0",
+                "-c:v",
+                "copy",
+                "-c:a",
+                "aac",
+                "-b:a",
+                f"{self.audio_bitrate_k}k",
+                "-movflags",
+                "+faststart",
+                str(self.path),
+            ],
+        )
         self._tmp.cleanup()
         return self.path
 
@@ -100,7 +143,9 @@ class VideoWriter:
     def __enter__(self) -> VideoWriter:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if exc_type is not None:
             self.abort()
 

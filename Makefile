@@ -1,0 +1,40 @@
+# TalkTwin: `make run` answers with the embedded defaults; `make test` runs the tests.
+# Both create .venv, install everything (models included) on first use, and are quick afterwards.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The CPU build of torch; on a GPU machine set TORCH_SPEC to the CUDA build you want.
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= llamacpp,models,dev
+DEPS_STAMP := $(VENV)/.deps-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: run test install models lint bench clean-venv
+
+run: install
+	$(BIN)/python run_bots.py $(ARGS)
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+install: $(DEPS_STAMP) models
+
+$(DEPS_STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	# llama-cpp-python has no wheel: the first install compiles llama.cpp (~9 min on 2 cores); pip caches it.
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+	rm -f $(VENV)/.deps-* && touch $@
+
+models: $(DEPS_STAMP)
+	$(BIN)/python run_bots.py models install
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+bench: install
+	$(BIN)/python -m bench.reply_latency
+
+clean-venv:
+	rm -rf $(VENV)

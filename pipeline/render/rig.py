@@ -1,0 +1,285 @@
+"""The per-photo rig: a square face crop with a closed mouth, and displacement fields that animate it.
+
+Everything here runs once per (photo, size) in `prepare`; rendering a frame is then just a weighted
+sum of the basis fields plus a head-motion term, one grid_sample and the mouth interior.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from pipeline.render import topology as T
+from pipeline.render.tps import tps_backward_field
+
+CROP_SCALE = 2.3  # crop side / face size: the head plus some hair, neck and background
+CROP_DROP = 0.1  # move the crop centre down by this fraction of the face height (more neck, less sky)
+OPEN_MOUTH_GAP = 0.03  # inner-lip gap / mouth width above which the photo's mouth counts as open
+JAW_TRAVEL = 0.21  # full jaw opening (inner-lip gap at weight 1) / mouth width
+WIDE_STRETCH = 0.16  # half-width gained at weight +1 (lost at -1, i.e. rounded lips) / half-width
+WIDE_FLATTEN = 0.25  # vertical lip flattening at weight +1 (rounding at -1)
+BLINK_MEET = 0.8  # closed lids meet this far down from the upper lid towards the lower one
+# Motion falls off outside the face oval: full within MASK_INNER x the oval radii, none beyond MASK_OUTER.
+MASK_INNER = 1.3
+MASK_OUTER = 1.9
+
+# Basis field order; the controls' first columns follow it.
+JAW, WIDE, BLINK = 0, 1, 2
+N_BASIS = 3
+
+Moves = dict[int, tuple[float, float]]  # landmark index -> forward displacement (dx, dy) in px
+
+
+@dataclass(frozen=True)
+class MouthRig:
+    """What the mouth-interior painter needs: inner-lip contours and how each basis field moves them."""
+
+    upper: torch.Tensor  # (11, 2) inner upper lip, corner to corner, rest pose
+    lower: torch.Tensor  # (11, 2) inner lower lip, corner to corner, rest pose
+    upper_moves: torch.Tensor  # (N_BASIS, 11, 2) forward displacement of `upper` per unit weight
+    lower_moves: torch.Tensor  # (N_BASIS, 11, 2)
+    width: float  # mouth width (corner to corner) in px
+    brightness: float  # scene brightness relative to a typical portrait, from the cheek skin
+
+
+@dataclass(frozen=True)
+class EyeRig:
+    """One eye's lid contours (corner to corner, left to right) and their blink-field motion."""
+
+    upper: torch.Tensor  # (9, 2) rest pose
+    lower: torch.Tensor  # (9, 2)
+    upper_moves: torch.Tensor  # (N_BASIS, 9, 2) forward displacement per unit weight
+    lower_moves: torch.Tensor  # (N_BASIS, 9, 2)
+
+
+@dataclass(frozen=True)
+class Rig:
+    size: int
+    image: torch.Tensor  # (1, 3, S, S) float in [0, 1]: the crop, mouth closed
+    still: np.ndarray  # (S, S, 3) uint8: the same image, for everything outside the moving region
+    points: np.ndarray  # (478, 2) landmarks in frame px, rest pose
+    roi: tuple[int, int, int, int]  # y0, y1, x0, x1: the only region that ever moves
+    pixels: torch.Tensor  # (h, w, 2) pixel coordinates (x, y) of the region
+    basis: torch.Tensor  # (N_BASIS, h, w, 2) backward offsets per unit weight, within the region
+    head_mask: torch.Tensor  # (h, w) how much each pixel follows the head motion
+    pivot: torch.Tensor  # (2,) the head turns about this point (roughly the top of the neck)
+    mouth: MouthRig
+    eyes: tuple[EyeRig, ...]
+    prewarped: bool  # whether the photo's open mouth was closed for the rest pose
+
+
+def crop_face(rgb: np.ndarray, points: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A size x size crop centred on the face, and the landmarks moved into it."""
+    oval = points[list(T.FACE_OVAL)]
+    (x0, y0), (x1, y1) = oval.min(0), oval.max(0)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2 + CROP_DROP * (y1 - y0)
+    h, w = rgb.shape[:2]
+    side = min(CROP_SCALE * max(x1 - x0, y1 - y0), h, w)
+    left = float(np.clip(cx - side / 2, 0, w - side))
+    top = float(np.clip(cy - side / 2, 0, h - side))
+    resample = Image.LANCZOS if side > size else Image.BICUBIC
+    crop = Image.fromarray(rgb).resize((size, size), resample, box=(left, top, left + side, top + side))
+    f = size / side
+    return np.array(crop, dtype=np.uint8), ((points - [left, top]) * f).astype(np.float64)
+
+
+def _ellipse_radius(pixels: torch.Tensor, points: np.ndarray) -> torch.Tensor:
+    """Normalised elliptic distance of each pixel from the face oval (1 on the oval, roughly)."""
+    oval = points[list(T.FACE_OVAL)]
+    centre = (oval.min(0) + oval.max(0)) / 2
+    radii = (oval.max(0) - oval.min(0)) / 2
+    dx = (pixels[..., 0] - float(centre[0])) / float(radii[0])
+    dy = (pixels[..., 1] - float(centre[1])) / float(radii[1])
+    return torch.sqrt(dx.square() + dy.square())
+
+
+def _falloff(radius: torch.Tensor) -> torch.Tensor:
+    """1 inside MASK_INNER, a smoothstep down to exactly 0 at MASK_OUTER."""
+    t = ((MASK_OUTER - radius) / (MASK_OUTER - MASK_INNER)).clamp(0, 1)
+    return t * t * (3 - 2 * t)
+
+
+def _anchors(points: np.ndarray, size: int) -> np.ndarray:
+    """Points that stay put: rings around the face, the frame border, nose, cheeks, brows, eye corners."""
+    oval = points[list(T.FACE_OVAL)]
+    centre = oval.mean(0)
+    t = np.linspace(0, size - 1, 9)
+    zeros, far = np.zeros_like(t), np.full_like(t, size - 1)
+    border = np.concatenate(
+        [np.stack([t, zeros], 1), np.stack([t, far], 1), np.stack([zeros, t], 1), np.stack([far, t], 1)]
+    )
+    fixed = [T.NOSE, T.CHEEKS, T.BROWS, T.EYE_CORNERS]
+    anchors = np.concatenate(
+        [centre + 1.35 * (oval - centre), centre + 1.8 * (oval - centre), border]
+        + [points[list(idx)] for idx in fixed]
+    )
+    inside = np.all((anchors > -0.2 * size) & (anchors < 1.2 * size), axis=1)
+    return anchors[inside]
+
+
+def _field(points: np.ndarray, anchors: np.ndarray, moves: Moves, size: int) -> torch.Tensor:
+    idx = list(moves)
+    d = np.array([moves[i] for i in idx], dtype=np.float64)
+    src = np.concatenate([points[idx], anchors])
+    dst = np.concatenate([points[idx] + d, anchors])
+    return tps_backward_field(src, dst, size)
+
+
+def _close_mouth_moves(points: np.ndarray) -> Moves:
+    """Moves that close an open (smiling) mouth into the rest pose.
+
+    FaceMesh tends to put the inner upper lip on the upper teeth of a smiling photo, so the lips meet
+    halfway between the outer and inner upper contours, squeezing the visible teeth away.
+    """
+    gaps = points[list(T.LIP_LOWER_INNER), 1] - points[list(T.LIP_UPPER_INNER[1:-1]), 1]
+    moves: Moves = {}
+    for outer, upper, lower in zip(
+        T.LIP_UPPER_OUTER[1:-1], T.LIP_UPPER_INNER[1:-1], T.LIP_LOWER_INNER, strict=True
+    ):
+        meet = points[outer, 1] + 0.5 * max(points[upper, 1] - points[outer, 1], 0.0)
+        moves[upper] = (0.0, meet - 0.5 - points[upper, 1])
+        moves[lower] = (0.0, meet + 0.5 - points[lower, 1])
+    gap = max(float(gaps.max()), 0.0)
+    for i in T.LIP_LOWER_OUTER:
+        moves[i] = (0.0, -0.55 * gap)
+    for i in T.CHIN:
+        moves[i] = (0.0, -0.35 * gap)
+    return moves
+
+
+def _basis_moves(points: np.ndarray) -> list[Moves]:
+    """Forward landmark moves at unit weight for each basis field (JAW, WIDE, BLINK)."""
+    width = float(np.linalg.norm(points[61] - points[291]))
+    u = JAW_TRAVEL * width
+    jaw: Moves = {}
+    groups = [
+        (T.LIP_LOWER_INNER, 0.88),
+        (T.LIP_LOWER_OUTER, 0.80),
+        (T.LIP_UPPER_INNER[1:-1], -0.12),
+        (T.LIP_UPPER_OUTER[1:-1], -0.06),
+        (T.MOUTH_CORNERS_OUTER + T.MOUTH_CORNERS_INNER, 0.30),  # corners drop a little with the jaw
+        (T.CHIN, 0.70),
+        (T.JAW_MID, 0.50),
+        (T.JAW_HIGH, 0.25),
+    ]
+    for idx, share in groups:
+        for i in idx:
+            jaw[i] = (0.0, share * u)
+
+    centre = (points[61] + points[291]) / 2
+    wide: Moves = {}
+    lips = T.LIP_UPPER_OUTER + T.LIP_LOWER_OUTER + T.LIP_UPPER_INNER + T.LIP_LOWER_INNER
+    for i in lips:
+        across = (points[i, 0] - centre[0]) / (width / 2)  # -1 .. 1 corner to corner
+        wide[i] = (WIDE_STRETCH * width / 2 * across, -WIDE_FLATTEN * (points[i, 1] - centre[1]))
+
+    blink: Moves = {}
+    for upper, lower in T.EYE_LIDS:
+        meet = points[upper] + BLINK_MEET * (points[lower] - points[upper])
+        blink[upper] = tuple(meet - points[upper])
+        blink[lower] = tuple(0.9 * (meet - points[lower]))
+    return [jaw, wide, blink]
+
+
+def _brightness(rgb: np.ndarray, points: np.ndarray) -> float:
+    """Mean cheek-skin level relative to a typical portrait (0.6), clamped to a sane range."""
+    x, y = np.round(points[T.CHEEK_SKIN]).astype(int)
+    r = max(2, rgb.shape[0] // 100)
+    patch = rgb[max(0, y - r) : y + r + 1, max(0, x - r) : x + r + 1].astype(np.float32) / 255
+    level = float(patch.mean()) if patch.size else 0.6
+    return float(np.clip(level / 0.6, 0.6, 1.3))
+
+
+def _region(mask: torch.Tensor, margin: int = 2) -> tuple[int, int, int, int]:
+    """Bounding box (y0, y1, x0, x1) of the nonzero part of `mask`, plus a margin."""
+    ys = torch.nonzero(mask.any(1)).flatten()
+    xs = torch.nonzero(mask.any(0)).flatten()
+    size = mask.shape[0]
+    if len(ys) == 0:
+        return 0, 1, 0, 1
+    return (
+        max(0, int(ys[0]) - margin),
+        min(size, int(ys[-1]) + 1 + margin),
+        max(0, int(xs[0]) - margin),
+        min(size, int(xs[-1]) + 1 + margin),
+    )
+
+
+def build_rig(rgb: np.ndarray, points: np.ndarray, size: int, device: torch.device) -> Rig:
+    """Crop the photo around the face, close its mouth if open, and solve the basis fields."""
+    crop, pts = crop_face(rgb, points, size)
+    axis = torch.arange(size, dtype=torch.float32)
+    ys, xs = torch.meshgrid(axis, axis, indexing="ij")
+    pixels = torch.stack([xs, ys], -1)  # (S, S, 2)
+    mask = _falloff(_ellipse_radius(pixels, pts))
+    anchors = _anchors(pts, size)
+    image = torch.from_numpy(crop).permute(2, 0, 1).float().div(255)[None]
+
+    width = float(np.linalg.norm(pts[61] - pts[291]))
+    gaps = pts[list(T.LIP_LOWER_INNER), 1] - pts[list(T.LIP_UPPER_INNER[1:-1]), 1]
+    prewarped = bool(gaps.max() > OPEN_MOUTH_GAP * width)
+    if prewarped:
+        moves = _close_mouth_moves(pts)
+        field = _field(pts, anchors, moves, size) * mask[..., None]
+        grid = (pixels + field)[None] / (size - 1) * 2 - 1
+        image = F.grid_sample(image, grid, mode="bicubic", padding_mode="border", align_corners=True)
+        image = image.clamp(0, 1)
+        pts = pts.copy()
+        for i, d in moves.items():
+            pts[i] = pts[i] + d
+        crop = (image[0].permute(1, 2, 0) * 255 + 0.5).to(torch.uint8).numpy()
+
+    moves = _basis_moves(pts)
+    basis = torch.stack([_field(pts, anchors, m, size) for m in moves]) * mask[None, ..., None]
+    y0, y1, x0, x1 = _region(mask > 0)
+
+    def forward(idx: tuple[int, ...]) -> torch.Tensor:
+        d = [[m.get(i, (0.0, 0.0)) for i in idx] for m in moves]
+        return torch.tensor(np.array(d), dtype=torch.float32, device=device)
+
+    lower_idx = T.MOUTH_CORNERS_INNER[:1] + T.LIP_LOWER_INNER + T.MOUTH_CORNERS_INNER[1:]
+    mouth = MouthRig(
+        upper=torch.tensor(pts[list(T.LIP_UPPER_INNER)], dtype=torch.float32, device=device),
+        lower=torch.tensor(pts[list(lower_idx)], dtype=torch.float32, device=device),
+        upper_moves=forward(T.LIP_UPPER_INNER),
+        lower_moves=forward(lower_idx),
+        width=width,
+        brightness=_brightness(crop, pts),
+    )
+    eyes = []
+    for corners, lids in ((T.RIGHT_EYE_CORNERS, T.RIGHT_EYE_LIDS), (T.LEFT_EYE_CORNERS, T.LEFT_EYE_LIDS)):
+        upper_idx = (corners[0], *(u for u, _ in lids), corners[1])
+        lower_idx = (corners[0], *(lo for _, lo in lids), corners[1])
+        if pts[corners[0], 0] > pts[corners[1], 0]:  # contours must run left to right
+            upper_idx, lower_idx = upper_idx[::-1], lower_idx[::-1]
+        eyes.append(
+            EyeRig(
+                upper=torch.tensor(pts[list(upper_idx)], dtype=torch.float32, device=device),
+                lower=torch.tensor(pts[list(lower_idx)], dtype=torch.float32, device=device),
+                upper_moves=forward(upper_idx),
+                lower_moves=forward(lower_idx),
+            )
+        )
+    oval = pts[list(T.FACE_OVAL)]
+    face_h = float(oval[:, 1].max() - oval[:, 1].min())
+    pivot = torch.tensor(
+        [float(oval[:, 0].mean()), float(pts[T.CHIN_BOTTOM, 1]) + 0.3 * face_h], dtype=torch.float32
+    )
+    return Rig(
+        size=size,
+        image=image.contiguous().to(device),
+        still=np.ascontiguousarray(crop),
+        points=pts,
+        roi=(y0, y1, x0, x1),
+        pixels=pixels[y0:y1, x0:x1].contiguous().to(device),
+        basis=basis[:, y0:y1, x0:x1].contiguous().to(device),
+        head_mask=mask[y0:y1, x0:x1].contiguous().to(device),
+        pivot=pivot.to(device),
+        mouth=mouth,
+        eyes=tuple(eyes),
+        prewarped=prewarped,
+    )

@@ -1,0 +1,212 @@
+"""The weight-free "warp" renderer: landmark-driven thin-plate-spline warps of the photo itself.
+
+Per photo (`prepare`, cached): FaceMesh landmarks, a square face crop with the mouth closed, and one
+displacement field per control (jaw, lips wide/round, blink). Per frame: a weighted sum of the
+fields plus a masked head motion, one batched grid_sample, and the painted mouth interior. Only the
+region around the head is ever resampled; the rest of every frame is the photo, byte for byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.render.eyes import paint_lids
+from pipeline.render.landmarks import decode_image, shared_detector
+from pipeline.render.motion import blink_curve, head_sway
+from pipeline.render.mouth import paint_mouth
+from pipeline.render.rig import BLINK, N_BASIS, Rig, build_rig
+from pipeline.render.visemes import mouth_controls
+from pipeline.types import Speech
+
+log = logging.getLogger(__name__)
+
+LANDMARK_CACHE_VERSION = 1  # bump when decoding or detection changes what landmarks a photo gets
+MIN_SIZE, MAX_SIZE = 64, 2048
+# Columns of the per-frame control matrix: the basis weights, then the head motion.
+JAW_COL, WIDE_COL, BLINK_COL, ROT_COL, SHIFT_X_COL, SHIFT_Y_COL = range(6)
+N_CONTROLS = 6
+
+
+@dataclass(frozen=True)
+class WarpAvatar:
+    """A prepared photo: implements PreparedAvatar."""
+
+    key: str
+    size: int
+    rig: Rig
+
+
+def pick_device(device: str) -> torch.device:
+    """ "auto" -> CUDA when a GPU is present, else the CPU; "cpu"/"cuda" as given."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class WarpRenderer:
+    """Implements AvatarRenderer. Thread-safe: prepared avatars are read-only once built."""
+
+    name = "warp"
+
+    def __init__(
+        self,
+        *,
+        device: str = "auto",
+        batch: int = 16,
+        seed: int = 7,
+        cache_dir: Path | None = None,
+        threads: int = 0,
+        max_cached: int = 8,
+    ) -> None:
+        if batch < 1:
+            raise ValueError("batch must be >= 1")
+        self.device = pick_device(device)
+        self.batch = batch
+        self.seed = seed
+        self.cache_dir = cache_dir
+        self.max_cached = max_cached
+        if self.device.type == "cpu":
+            torch.set_num_threads(threads if threads > 0 else max(1, os.cpu_count() or 1))
+        self._avatars: OrderedDict[str, WarpAvatar] = OrderedDict()
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ prepare
+    def prepare(self, image: bytes, size: int) -> WarpAvatar:
+        """Analyse a photo once per size. Raises UnreadableImage, NoFaceFound or FaceTooSmall."""
+        if not MIN_SIZE <= size <= MAX_SIZE:
+            raise ValueError(f"size must be in [{MIN_SIZE}, {MAX_SIZE}], got {size}")
+        digest = hashlib.sha256(image).hexdigest()
+        key = f"{digest[:32]}-{size}"
+        with self._lock:
+            if key in self._avatars:
+                self._avatars.move_to_end(key)
+                return self._avatars[key]
+        rgb = decode_image(image)
+        points = self._landmarks(digest, rgb)
+        with torch.no_grad():
+            rig = build_rig(rgb, points, size, self.device)
+        avatar = WarpAvatar(key=key, size=size, rig=rig)
+        with self._lock:
+            self._avatars[key] = avatar
+            while len(self._avatars) > self.max_cached:
+                self._avatars.popitem(last=False)
+        return avatar
+
+    def _landmarks(self, digest: str, rgb: np.ndarray) -> np.ndarray:
+        """FaceMesh landmarks of the decoded photo, from the disk cache when it has them."""
+        path = None
+        if self.cache_dir is not None:
+            path = self.cache_dir / f"landmarks-v{LANDMARK_CACHE_VERSION}-{digest}.npy"
+            try:
+                points = np.load(path)
+                if points.ndim == 2 and points.shape[1] == 2:
+                    return points
+            except (OSError, ValueError):
+                pass
+        points = shared_detector().detect(rgb).points
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npy", delete=False) as f:
+                    np.save(f, points)
+                os.replace(f.name, path)  # atomic: a concurrent reader never sees half a file
+            except OSError as e:
+                log.warning("cannot cache landmarks in %s: %s", path.parent, e)
+        return points
+
+    # ------------------------------------------------------------------ controls
+    def controls(self, speech: Speech, *, fps: int, start_time: float, n_frames: int) -> np.ndarray:
+        """(n_frames, 6) per-frame controls: jaw, wide, blink weights, head rotation, x/y shift.
+
+        Mouth controls follow the speech (speech-relative time); blinks and sway follow absolute clip
+        time, so consecutive sentences join up.
+        """
+        local = np.arange(n_frames, dtype=np.float64) / fps
+        absolute = start_time + local
+        out = np.zeros((n_frames, N_CONTROLS), dtype=np.float32)
+        if n_frames == 0:
+            return out
+        out[:, [JAW_COL, WIDE_COL]] = mouth_controls(speech, local)
+        out[:, BLINK_COL] = blink_curve(absolute, self.seed)
+        out[:, [ROT_COL, SHIFT_X_COL, SHIFT_Y_COL]] = head_sway(absolute, self.seed)
+        return out
+
+    # ------------------------------------------------------------------ render
+    def render(
+        self, avatar: WarpAvatar, speech: Speech, *, fps: int, start_time: float, n_frames: int
+    ) -> Iterator[np.ndarray]:
+        """Yield uint8 (batch, size, size, 3) frames, exactly n_frames in total."""
+        if fps <= 0:
+            raise ValueError("fps must be positive")
+        if n_frames < 0:
+            raise ValueError("n_frames must be >= 0")
+        controls = torch.from_numpy(self.controls(speech, fps=fps, start_time=start_time, n_frames=n_frames))
+        for i in range(0, n_frames, self.batch):
+            with torch.no_grad():
+                yield render_frames(avatar.rig, controls[i : i + self.batch].to(self.device))
+
+
+def render_frames(rig: Rig, controls: torch.Tensor) -> np.ndarray:
+    """Frames (B, S, S, 3) uint8 for controls (B, 6)."""
+    b = controls.shape[0]
+    size = rig.size
+    weights = controls[:, :N_BASIS]
+    rot, shift = controls[:, ROT_COL], controls[:, [SHIFT_X_COL, SHIFT_Y_COL]] * size
+    cos, sin = torch.cos(rot)[:, None, None], torch.sin(rot)[:, None, None]
+
+    # Backward map: undo the head motion (rotate by -rot about the pivot, shift back), then the face
+    # deformation; the head mask fades the head motion out towards the background.
+    offsets = torch.einsum("bk,khwc->bhwc", weights, rig.basis)
+    rel = rig.pixels - rig.pivot  # (h, w, 2)
+    rx, ry = rel[..., 0][None] - shift[:, 0, None, None], rel[..., 1][None] - shift[:, 1, None, None]
+    head_x = cos * rx + sin * ry - rel[..., 0][None]
+    head_y = -sin * rx + cos * ry - rel[..., 1][None]
+    offsets = offsets + torch.stack([head_x, head_y], -1) * rig.head_mask[None, ..., None]
+    grid = (rig.pixels[None] + offsets) * (2.0 / (size - 1)) - 1
+    region = F.grid_sample(
+        rig.image.expand(b, -1, -1, -1), grid, mode="bilinear", padding_mode="border", align_corners=True
+    )
+
+    # The inner lips, moved forward the same way (they sit where the head mask is 1).
+    mouth = rig.mouth
+    head = (rig, cos, sin, shift)
+    upper = _head_forward(mouth.upper + torch.einsum("bk,knc->bnc", weights, mouth.upper_moves), *head)
+    lower = _head_forward(mouth.lower + torch.einsum("bk,knc->bnc", weights, mouth.lower_moves), *head)
+    y0, y1, x0, x1 = rig.roi
+    paint_mouth(region, (y0, x0), upper, lower, mouth.width, mouth.brightness)
+    # The painted lid covers the whole open aperture (upper lid at rest down to the warped lower lid):
+    # the spline leaves eye pixels visible anywhere in there, not only between the warped lid lines.
+    open_eyes = weights.clone()
+    open_eyes[:, BLINK] = 0
+    for eye in rig.eyes:
+        upper = _head_forward(eye.upper + torch.einsum("bk,knc->bnc", open_eyes, eye.upper_moves), *head)
+        lower = _head_forward(eye.lower + torch.einsum("bk,knc->bnc", weights, eye.lower_moves), *head)
+        paint_lids(region, (y0, x0), upper, lower, controls[:, BLINK_COL])
+
+    pixels = (region.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    frames = np.repeat(rig.still[None], b, axis=0)
+    frames[:, y0:y1, x0:x1] = pixels
+    return frames
+
+
+def _head_forward(
+    points: torch.Tensor, rig: Rig, cos: torch.Tensor, sin: torch.Tensor, shift: torch.Tensor
+) -> torch.Tensor:
+    """Forward head motion of points (B, N, 2): the exact inverse of the backward map above."""
+    rel = points - rig.pivot
+    c, s = cos[:, :, 0], sin[:, :, 0]  # (B, 1)
+    x = c * rel[..., 0] - s * rel[..., 1] + shift[:, :1]
+    y = s * rel[..., 0] + c * rel[..., 1] + shift[:, 1:]
+    return torch.stack([x, y], -1) + rig.pivot
