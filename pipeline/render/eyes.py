@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.render.mouth import column_profile
+from pipeline.render.regions import column_profile, paint_window
 
 CLOSING_FROM, CLOSING_TO = 0.45, 0.9  # blink weights over which the painted lid fades in
 LASH_DARKEN = 0.55  # lash line brightness factor at its centre
@@ -35,18 +35,10 @@ def paint_lids(
     closure = t * t * (3 - 2 * t)
     if float(closure.max()) <= 0:
         return
-    h, w = frames.shape[-2:]
-    oy, ox = origin
-    both = torch.cat([upper, lower], 1)
-    lo_xy = both.amin((0, 1)).floor() - 2
-    hi_xy = both.amax((0, 1)).ceil() + 3
-    x0, y0 = max(0, int(lo_xy[0]) - ox), max(0, int(lo_xy[1]) - oy)
-    x1, y1 = min(w, int(hi_xy[0]) - ox), min(h, int(hi_xy[1]) - oy)
-    if x1 <= x0 or y1 <= y0:
+    window = paint_window(frames, origin, upper, lower)
+    if window is None:
         return
-    dev = frames.device
-    xs = torch.arange(x0, x1, device=dev, dtype=torch.float32) + ox
-    ys = torch.arange(y0, y1, device=dev, dtype=torch.float32) + oy
+    x0, x1, y0, y1, xs, ys = window.x0, window.x1, window.y0, window.y1, window.xs, window.ys
     eye_w = float((upper[:, -1, 0] - upper[:, 0, 0]).abs().mean())
     feather = max(0.6, FEATHER * eye_w / 10)
 
@@ -59,7 +51,7 @@ def paint_lids(
     alpha = alpha * inside_x * closure[:, None, None]
     lash = 1 - (1 - LASH_DARKEN) * torch.exp(-(((yy - bottom) / (1.2 * feather)) ** 2))
     roi = frames[:, :, y0:y1, x0:x1]
-    skin = _skin_above(frames, top[:, 0] - oy, eye_w, (x0, x1))  # (B, 3, 1, W)
+    skin = _skin_above(frames, top[:, 0] - origin[0], eye_w, (x0, x1))  # (B, 3, 1, W)
     colour = skin * (LID_SHADE * lash)[:, None]
     a = alpha[:, None]
     frames[:, :, y0:y1, x0:x1] = roi + (colour.clamp(0, 1) - roi) * a

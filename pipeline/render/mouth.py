@@ -11,6 +11,8 @@ import math
 
 import torch
 
+from pipeline.render.regions import column_profile, paint_window
+
 # Colours at the brightness of a typical portrait (scaled by the photo's cheek brightness).
 CAVITY = (0.10, 0.035, 0.04)
 TONGUE = (0.42, 0.16, 0.16)
@@ -20,21 +22,6 @@ LOWER_TEETH = 0.05  # same for the lower teeth, which only show when the mouth i
 LOWER_TEETH_FROM = 0.12  # lower teeth appear once the gap exceeds this fraction of the mouth width
 TOOTH_ANGLE = math.radians(16)  # angular width of one front tooth on the dental arch
 FEATHER = 1.25  # edge softness in px at 256 px output (scaled with the size)
-
-
-def column_profile(contour: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
-    """y of a left-to-right polyline (B, N, 2) at columns xs (W,), as (B, W); clamped at its ends."""
-    x, y = contour[..., 0], contour[..., 1]
-    xa, xb = x[:, :-1, None], x[:, 1:, None]
-    ya, yb = y[:, :-1, None], y[:, 1:, None]
-    t = (xs[None, None] - xa) / (xb - xa).clamp(min=1e-3)
-    inside = (t >= 0) & (t < 1)
-    ys = (ya + t.clamp(0, 1) * (yb - ya)) * inside
-    found = inside.sum(1)
-    mid = ys.sum(1) / found.clamp(min=1)
-    # Outside the polyline: hold the end value (the cavity is cut off there anyway).
-    left = torch.where(xs[None] < x[:, :1], y[:, :1], y[:, -1:])
-    return torch.where(found > 0, mid, left)
 
 
 def paint_mouth(
@@ -50,18 +37,11 @@ def paint_mouth(
     `upper` and `lower` are (B, N, 2) inner-lip polylines from corner to corner in frame px; `origin`
     is the frame position (y, x) of frames[..., 0, 0].
     """
-    h, w = frames.shape[-2:]
-    oy, ox = origin
-    both = torch.cat([upper, lower], 1)
-    lo_xy = both.amin((0, 1)).floor() - 2
-    hi_xy = both.amax((0, 1)).ceil() + 3
-    x0, y0 = max(0, int(lo_xy[0]) - ox), max(0, int(lo_xy[1]) - oy)
-    x1, y1 = min(w, int(hi_xy[0]) - ox), min(h, int(hi_xy[1]) - oy)
-    if x1 <= x0 or y1 <= y0:
+    window = paint_window(frames, origin, upper, lower)
+    if window is None:
         return
+    x0, x1, y0, y1, xs, ys = window.x0, window.x1, window.y0, window.y1, window.xs, window.ys
     dev = frames.device
-    xs = torch.arange(x0, x1, device=dev, dtype=torch.float32) + ox
-    ys = torch.arange(y0, y1, device=dev, dtype=torch.float32) + oy
     feather = FEATHER * max(1.0, mouth_width / 40.0)
 
     # Centre line and half-gap per column; an elliptic envelope rounds the corners of the cavity.

@@ -1,0 +1,48 @@
+"""Speech recognition with the real Whisper base model on offline-synthesised speech."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.asr.whisper import WhisperRecognizer
+from pipeline.errors import EmptyTranscript, ModelMissing
+from pipeline.tts.piper import PiperSynthesizer
+from pipeline.types import Audio, VoiceSettings
+
+
+def test_a_missing_model_folder_is_reported(tmp_path: Path):
+    with pytest.raises(ModelMissing) as err:
+        WhisperRecognizer(str(tmp_path / "no-model"))
+    assert "models install" in err.value.user_message("en")
+
+
+@pytest.fixture(scope="module")
+def whisper(models_installed) -> WhisperRecognizer:
+    return WhisperRecognizer(str(models_installed.resolve(models_installed.asr.model)))
+
+
+@pytest.mark.real_models
+def test_english_speech_gives_text_language_and_word_timings(whisper: WhisperRecognizer, models_installed):
+    piper = PiperSynthesizer(models_installed.resolve(models_installed.tts.piper_voice))
+    speech = piper.synthesize("Please tell me a short story about a brave little cat.", "en", VoiceSettings())
+    # a second of silence before the words: VAD must skip it and timings must account for it
+    padded = Audio(
+        np.concatenate([np.zeros(speech.audio.sample_rate, np.float32), speech.audio.samples]),
+        speech.audio.sample_rate,
+    )
+    transcript = whisper.transcribe(padded)
+    assert transcript.language == "en"
+    text = transcript.text.lower()
+    assert all(word in text for word in ("story", "brave", "cat"))
+    starts = [w.start for w in transcript.words]
+    assert starts == sorted(starts) and 0.5 < starts[0] and transcript.words[-1].end <= padded.duration + 0.1
+    assert transcript.audio_duration == pytest.approx(padded.duration)
+
+
+@pytest.mark.real_models
+def test_noise_without_words_is_an_empty_transcript(whisper: WhisperRecognizer):
+    rng = np.random.default_rng(0)
+    hiss = Audio((0.01 * rng.standard_normal(16000 * 2)).astype(np.float32), 16000)
+    with pytest.raises(EmptyTranscript):
+        whisper.transcribe(hiss)
