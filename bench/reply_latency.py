@@ -24,7 +24,7 @@ from pipeline.media.video_output import write_wav
 from pipeline.orchestrator import ReplyPipeline, ReplyRequest
 from pipeline.types import VoiceSettings
 
-QUESTION = "Could you give me one simple idea to relax after a long and busy day at work?"
+QUESTION = "Could you please give me one simple idea to relax after a long and very busy day at work?"
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -37,6 +37,10 @@ class LimitSettings(_Section):
     max_text_chars: int = Field(gt=0)
 
 
+class ReplySettings(_Section):
+    overlap: Literal["auto", "on", "off"]
+
+
 class AsrSettings(_Section):
     backend: Literal["whisper"]
     model: str
@@ -111,6 +115,7 @@ class OutputSettings(_Section):
 class Settings(_Section):
     paths: PathSettings
     limits: LimitSettings
+    reply: ReplySettings
     asr: AsrSettings
     llm: LlmSettings
     tts: TtsSettings

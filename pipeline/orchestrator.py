@@ -5,14 +5,16 @@
     text ────────────────┘                       (worker thread, per sentence)      ├─▶ mp4
                                                   speech of every sentence ─▶ AAC ──┘
 
-The model writes sentence k+1 while sentence k is spoken and rendered; frames stream into the encoder
-as they come, and the audio is muxed when the last sentence is done. Per-stage timings are recorded
+With a GPU or 4+ cores the model writes sentence k+1 while sentence k is spoken and rendered (on 2
+cores the stages would only fight over them, so they take turns); frames stream into the encoder as
+they come, and the audio is muxed when the last sentence is done. Per-stage timings are recorded
 for every reply.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -90,6 +92,7 @@ class ReplyPipeline:
         self.renderer = renderer
         self.context = context
         self._default_avatar_bytes = settings.resolve(settings.render.avatar).read_bytes()
+        self.overlap = _should_overlap(settings)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ReplyPipeline:
@@ -221,9 +224,12 @@ class ReplyPipeline:
         )
         voice = request.voice or default_voice(self.settings)
         sentences: queue.Queue[str | None] = queue.Queue()
+        answer_written = threading.Event()
         state = _ClipState()
 
         def speak_and_render_all() -> None:
+            if not self.overlap:
+                answer_written.wait()
             while (sentence := sentences.get()) is not None:
                 if state.failed is not None or state.truncated:
                     continue  # drain the queue so the producer never blocks
@@ -253,6 +259,7 @@ class ReplyPipeline:
                     break
         finally:
             sentences.put(None)
+            answer_written.set()
             worker.join()
         try:
             if state.failed is not None:
@@ -342,6 +349,16 @@ class _ClipState:
     clip_seconds: float = 0.0
     truncated: bool = False
     failed: BaseException | None = None
+
+
+def _should_overlap(settings: Settings) -> bool:
+    mode = settings.reply.overlap
+    if mode != "auto":
+        return mode == "on"
+    import torch
+
+    gpu = settings.render.device != "cpu" and torch.cuda.is_available()
+    return gpu or (os.cpu_count() or 1) >= 4
 
 
 def _with_pause(speech: Speech, seconds: float) -> Speech:

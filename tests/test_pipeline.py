@@ -227,3 +227,28 @@ def test_spoken_chinese_question_end_to_end(real_pipeline: ReplyPipeline, tmp_pa
     info = probe_mp4(result.video_path)
     assert (info.video_codec, info.audio_codec) == ("h264", "aac")
     assert info.duration == pytest.approx(result.duration, abs=0.2)
+
+
+@pytest.mark.parametrize("overlap", ["on", "off"])
+def test_sentences_overlap_or_take_turns_with_the_same_result(
+    hermetic: ReplyPipeline, tmp_path: Path, overlap
+):
+    settings = load_settings(
+        environ={
+            "TALKTWIN_REPLY__OVERLAP": overlap,
+            "TALKTWIN_RENDER__SIZE": "256",
+            "TALKTWIN_PATHS__DATA_DIR": str(tmp_path),
+        }
+    )
+    pipeline = ReplyPipeline(
+        settings,
+        recognizer=NoRecognizer(),
+        chat_model=ScriptedChat(""),
+        synthesizer=hermetic.synthesizer,
+        renderer=hermetic.renderer,
+        context=InProcessHistory(),
+    )
+    assert pipeline.overlap is (overlap == "on")
+    result = ask(pipeline, tmp_path, "The first sentence is here. And this is the second one.", text="Hi")
+    assert result.answer == "The first sentence is here. And this is the second one."
+    assert probe_mp4(result.video_path).duration == pytest.approx(result.duration, abs=0.2)
