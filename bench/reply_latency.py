@@ -55,9 +55,7 @@ def main() -> None:
         audio = wav.read_bytes()
         runs = []
         for i in range(args.runs + 1):
-            result = pipeline.reply(
-                ReplyRequest(conversation=f"bench:{i}", audio=audio), Path(tmp) / f"r{i}.mp4"
-            )
+            result = pipeline.reply(ReplyRequest(user=f"bench:{i}", audio=audio), Path(tmp) / f"r{i}.mp4")
             if i > 0:  # the first reply warms caches (avatar preparation, allocator, llama.cpp)
                 runs.append(result)
             print(

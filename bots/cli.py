@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--audio", type=Path, help="the question as an audio file (ogg, mp3, m4a, wav, video)"
     )
     reply.add_argument("--avatar", type=Path, help="a portrait photo to animate (default: the bundled one)")
-    reply.add_argument("--user", default="cli:local", help="conversation key for memory (default cli:local)")
+    reply.add_argument("--user", default="cli:local", help="whose memory and profile (default cli:local)")
     reply.add_argument(
         "--format", choices=["video_note", "video"], help="square video note (<=60 s) or video"
     )
@@ -102,7 +102,7 @@ def reply_command(settings: Settings, args: argparse.Namespace) -> int:
     lang = "zh" if os.environ.get("LANG", "").startswith("zh") else "en"
     try:
         request = ReplyRequest(
-            conversation=args.user,
+            user=args.user,
             text=args.text,
             audio=_read(args.audio, lang) if args.audio else None,
             avatar=_read(args.avatar, lang) if args.avatar else None,

@@ -17,7 +17,7 @@ class InProcessHistory:
         self._turns: dict[str, deque[tuple[str, str]]] = defaultdict(lambda: deque(maxlen=max(turns, 1)))
         self._lock = threading.Lock()
 
-    def context_for(self, conversation: str, text: str) -> ReplyContext:
+    def context_for(self, conversation: str, user: str, text: str) -> ReplyContext:
         if self.turns == 0:
             return ReplyContext()
         with self._lock:
@@ -27,7 +27,7 @@ class InProcessHistory:
             history += [ChatMessage("user", user_text), ChatMessage("assistant", answer)]
         return ReplyContext(history=tuple(history))
 
-    def record_turn(self, conversation: str, user_text: str, answer: str) -> None:
+    def record_turn(self, conversation: str, user: str, user_text: str, answer: str) -> None:
         with self._lock:
             self._turns[conversation].append((user_text, answer))
 

@@ -22,8 +22,13 @@ class ReplyContext:
 
 
 class ConversationContext(Protocol):
-    def context_for(self, conversation: str, text: str) -> ReplyContext:
-        """The context for answering `text` in `conversation` (a key such as "telegram:123")."""
+    """Keys: `user` names a person on a platform ("telegram:42"): their profile and knowledge documents
+    follow them everywhere. `conversation` names one memory thread: the user's private chat
+    ("telegram:42"), or the user within a group ("telegram:-100123:42").
+    """
+
+    def context_for(self, conversation: str, user: str, text: str) -> ReplyContext:
+        """The context for answering `text` from `user` in `conversation`."""
         ...
 
-    def record_turn(self, conversation: str, user_text: str, answer: str) -> None: ...
+    def record_turn(self, conversation: str, user: str, user_text: str, answer: str) -> None: ...

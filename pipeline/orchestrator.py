@@ -50,13 +50,18 @@ ProgressCallback = Callable[[str, dict], None]
 class ReplyRequest:
     """One normalised user message, whatever platform it came from."""
 
-    conversation: str  # memory key, e.g. "telegram:123" or "telegram:-100:123" in a group
+    user: str  # whose profile and knowledge, e.g. "telegram:42"
     text: str | None = None
     audio: bytes | Path | None = None
     avatar: bytes | None = None  # the user's photo; None = the default avatar
     voice: VoiceSettings | None = None  # None = the configured default
     format: str | None = None  # "video_note" | "video"; None = configured
     subtitles: bool | None = None  # None = configured
+    conversation: str = ""  # memory thread, e.g. "telegram:-100123:42" in a group; "" = the user's own
+
+    @property
+    def thread(self) -> str:
+        return self.conversation or self.user
 
 
 @dataclass
@@ -160,11 +165,11 @@ class ReplyPipeline:
         avatar = self.prepare_avatar(request.avatar)
         timings.add("avatar", time.perf_counter() - t0)
 
-        context = self.context.context_for(request.conversation, question)
+        context = self.context.context_for(request.thread, request.user, question)
         messages = self._messages(question, language, context)
         result = self._speak_and_render(request, messages, language, avatar, out_path, timings, progress)
         result.question, result.transcript = question, transcript
-        self.context.record_turn(request.conversation, question, result.answer)
+        self.context.record_turn(request.thread, request.user, question, result.answer)
         timings.add("total", time.perf_counter() - started)
         progress("done", {"path": str(out_path), "timings": timings.as_dict()})
         return result

@@ -45,7 +45,7 @@ def hermetic(tmp_path_factory: pytest.TempPathFactory) -> ReplyPipeline:
 
 def ask(pipeline: ReplyPipeline, tmp_path: Path, answer: str, **request):
     pipeline.chat_model = ScriptedChat(answer)
-    request.setdefault("conversation", "test:1")
+    request.setdefault("user", "test:1")
     return pipeline.reply(ReplyRequest(**request), tmp_path / "reply.mp4")
 
 
@@ -87,14 +87,12 @@ def test_chinese_answer_is_spoken_by_the_offline_mandarin_voice(hermetic: ReplyP
 
 def test_memory_carries_turns_per_conversation_only(hermetic: ReplyPipeline, tmp_path: Path):
     hermetic.context = InProcessHistory(turns=6)
-    ask(hermetic, tmp_path, "Nice to meet you, Ada.", conversation="telegram:1", text="My name is Ada.")
-    ask(hermetic, tmp_path, "Hello there, nice to meet you.", conversation="telegram:2", text="Hi!")
-    ask(hermetic, tmp_path, "Your name is Ada.", conversation="telegram:1", text="What is my name?")
+    ask(hermetic, tmp_path, "Nice to meet you, Ada.", user="telegram:1", text="My name is Ada.")
+    ask(hermetic, tmp_path, "Hello there, nice to meet you.", user="telegram:2", text="Hi!")
+    ask(hermetic, tmp_path, "Your name is Ada.", user="telegram:1", text="What is my name?")
     contents = [m.content for m in hermetic.chat_model.calls[0]]
     assert "My name is Ada." in contents and "Nice to meet you, Ada." in contents
-    ask(
-        hermetic, tmp_path, "I do not know your name yet.", conversation="telegram:2", text="What is my name?"
-    )
+    ask(hermetic, tmp_path, "I do not know your name yet.", user="telegram:2", text="What is my name?")
     assert not any("Ada" in m.content for m in hermetic.chat_model.calls[0])
 
 
