@@ -35,12 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
     reply.add_argument("--avatar", type=Path, help="a portrait photo to animate (default: the bundled one)")
     reply.add_argument("--user", default="cli:local", help="whose memory and profile (default cli:local)")
     reply.add_argument(
-        "--format", choices=["video_note", "video"], help="square video note (<=60 s) or video"
+        "--format",
+        choices=["video_note", "video", "voice", "text"],
+        help="square video note (<=60 s, the default), video of any length, voice message (ogg), text only",
     )
     reply.add_argument(
         "--subtitles", action=argparse.BooleanOptionalAction, default=None, help="burn in subtitles"
     )
-    reply.add_argument("-o", "--output", type=Path, required=True, help="where to write the mp4")
+    reply.add_argument("-o", "--output", type=Path, default=None, help="where to write the mp4 (or ogg)")
 
     models = sub.add_parser("models", help="the model store in checkpoints/")
     models.add_argument("action", choices=["install", "list"])
@@ -113,7 +115,10 @@ def reply_command(settings: Settings, args: argparse.Namespace) -> int:
         _status("loading models...")
         pipeline = ReplyPipeline.from_settings(settings)
         _status(f"models ready in {time.perf_counter() - t0:.1f} s")
-        result = pipeline.reply(request, args.output, on_progress=_show_progress)
+        output = args.output or settings.resolve("out") / (
+            "reply.ogg" if args.format == "voice" else "reply.mp4"
+        )
+        result = pipeline.reply(request, output, on_progress=_show_progress)
     except TalkTwinError as e:
         print(f"error: {e.user_message(lang)}", file=sys.stderr)
         log.info("user error %s: %s", e.code, e)
@@ -121,7 +126,9 @@ def reply_command(settings: Settings, args: argparse.Namespace) -> int:
     print(f"Q: {result.question}")
     print(f"A: {result.answer}")
     timings = "  ".join(f"{k} {v:.2f}s" for k, v in result.timings.as_dict().items())
-    print(f"{result.video_path}  ({result.duration:.1f} s video, voice: {', '.join(result.tts_engines)})")
+    if result.media_path is not None:
+        engines = ", ".join(result.tts_engines)
+        print(f"{result.media_path}  ({result.duration:.1f} s {result.format}, voice: {engines})")
     print(f"timings: {timings}")
     return 0
 

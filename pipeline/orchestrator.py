@@ -1,4 +1,4 @@
-"""ReplyPipeline: one user message in, one talking-head video out.
+"""ReplyPipeline: one user message in, one talking-head video (or voice, or text) out.
 
     audio ─decode─▶ ASR ─┐
                          ├─▶ LLM (streams) ─▶ sentences ─▶ TTS ─▶ renderer ─▶ H.264 ─┐
@@ -22,26 +22,21 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from pipeline.asr.base import SpeechRecognizer
+from pipeline.assembler import ReplyAssembler
 from pipeline.config import Settings
 from pipeline.context import ConversationContext, ReplyContext
 from pipeline.errors import EmptyText, TextTooLong
 from pipeline.llm.base import ChatMessage, ChatModel
-from pipeline.media.audio_input import decode_audio, resample
+from pipeline.media.audio_input import decode_audio
 from pipeline.media.subtitles import SubtitleBurner
-from pipeline.media.video_output import VideoWriter
 from pipeline.render.base import AvatarRenderer, PreparedAvatar
-from pipeline.text import clean_for_speech, detect_language, has_speakable_text, stream_sentences
+from pipeline.text import detect_language, has_speakable_text, split_sentences, stream_sentences
 from pipeline.tts.base import SpeechSynthesizer
 from pipeline.tts.factory import default_voice
-from pipeline.types import Audio, Speech, StageTimings, Transcript, VoiceSettings
+from pipeline.types import StageTimings, Transcript, VoiceSettings
 
 log = logging.getLogger(__name__)
-
-OUTPUT_SAMPLE_RATE = 24000
-SENTENCE_PAUSE_S = 0.12  # breath between sentences
 
 ProgressCallback = Callable[[str, dict], None]
 
@@ -55,7 +50,7 @@ class ReplyRequest:
     audio: bytes | Path | None = None
     avatar: bytes | None = None  # the user's photo; None = the default avatar
     voice: VoiceSettings | None = None  # None = the configured default
-    format: str | None = None  # "video_note" | "video"; None = configured
+    format: str | None = None  # "video_note" | "video" | "voice" | "text"; None = configured
     subtitles: bool | None = None  # None = configured
     conversation: str = ""  # memory thread, e.g. "telegram:-100123:42" in a group; "" = the user's own
 
@@ -66,7 +61,8 @@ class ReplyRequest:
 
 @dataclass
 class ReplyResult:
-    video_path: Path
+    media_path: Path | None  # mp4 for video formats, OGG/Opus for "voice", None for "text"
+    format: str
     question: str
     answer: str  # the part of the answer that is spoken in the video
     language: str
@@ -153,28 +149,69 @@ class ReplyPipeline:
     def reply(
         self, request: ReplyRequest, out_path: Path, on_progress: ProgressCallback | None = None
     ) -> ReplyResult:
-        """Answer `request` with a video written to `out_path`. Raises TalkTwinError on bad input."""
+        """Answer `request`; the media goes to `out_path`. Raises TalkTwinError on bad input."""
         progress = on_progress or (lambda stage, info: None)
         timings = StageTimings()
         started = time.perf_counter()
 
         question, language, transcript = self.understand(request, timings)
         progress("question", {"text": question, "language": language})
-
-        t0 = time.perf_counter()
-        avatar = self.prepare_avatar(request.avatar)
-        timings.add("avatar", time.perf_counter() - t0)
-
+        assembler = self._assembler(request, language, out_path, timings)
         context = self.context.context_for(request.thread, request.user, question)
-        messages = self._messages(question, language, context)
-        result = self._speak_and_render(request, messages, language, avatar, out_path, timings, progress)
+        sentences = self._answer_sentences(self._messages(question, language, context), timings)
+        result = self._assemble(assembler, sentences, progress)
         result.question, result.transcript = question, transcript
         self.context.record_turn(request.thread, request.user, question, result.answer)
         timings.add("total", time.perf_counter() - started)
         progress("done", {"path": str(out_path), "timings": timings.as_dict()})
         return result
 
+    def speak(self, text: str, request: ReplyRequest, out_path: Path) -> ReplyResult:
+        """Say `text` as given, with the request's avatar, voice and format (no model, no memory).
+
+        For fixed lines such as the greeting that previews a new avatar.
+        """
+        timings = StageTimings()
+        started = time.perf_counter()
+        language = detect_language(text)
+        assembler = self._assembler(request, language, out_path, timings)
+        result = self._assemble(assembler, iter(split_sentences(text)), lambda stage, info: None)
+        result.question = ""
+        timings.add("total", time.perf_counter() - started)
+        return result
+
     # ------------------------------------------------------------------ internals
+    def _assembler(
+        self, request: ReplyRequest, language: str, out_path: Path, timings: StageTimings
+    ) -> ReplyAssembler:
+        out_cfg = self.settings.output
+        fmt = request.format or out_cfg.format
+        avatar = None
+        if fmt in ("video_note", "video"):
+            t0 = time.perf_counter()
+            avatar = self.prepare_avatar(request.avatar)
+            timings.add("avatar", time.perf_counter() - t0)
+        with_subtitles = out_cfg.subtitles if request.subtitles is None else request.subtitles
+        font = self.settings.resolve(out_cfg.font) if out_cfg.font else None
+        return ReplyAssembler(
+            fmt=fmt,
+            language=language,
+            voice=request.voice or default_voice(self.settings),
+            synthesizer=self.synthesizer,
+            renderer=self.renderer,
+            avatar=avatar,
+            out_path=out_path,
+            fps=self.settings.render.fps,
+            max_seconds=out_cfg.video_note_max_seconds if fmt == "video_note" else float("inf"),
+            writer_options={
+                "crf": out_cfg.crf,
+                "preset": out_cfg.preset,
+                "audio_bitrate_k": out_cfg.audio_bitrate_k,
+            },
+            subtitles=SubtitleBurner(avatar.size, font) if with_subtitles and avatar else None,
+            timings=timings,
+        )
+
     def _messages(self, question: str, language: str, context: ReplyContext) -> list[ChatMessage]:
         llm = self.settings.llm
         system = llm.persona_zh if language == "zh" else llm.persona_en
@@ -202,158 +239,68 @@ class ReplyPipeline:
             yield sentence
         timings.add("llm", time.perf_counter() - t0)
 
-    def _speak_and_render(
-        self,
-        request: ReplyRequest,
-        messages: list[ChatMessage],
-        language: str,
-        avatar: PreparedAvatar,
-        out_path: Path,
-        timings: StageTimings,
-        progress: ProgressCallback,
+    def _assemble(
+        self, assembler: ReplyAssembler, sentences: Iterator[str], progress: ProgressCallback
     ) -> ReplyResult:
-        render_cfg, out_cfg = self.settings.render, self.settings.output
-        fmt = request.format or out_cfg.format
-        max_seconds = out_cfg.video_note_max_seconds if fmt == "video_note" else float("inf")
-        with_subtitles = out_cfg.subtitles if request.subtitles is None else request.subtitles
-        font = self.settings.resolve(out_cfg.font) if out_cfg.font else None
-        burner = SubtitleBurner(avatar.size, font) if with_subtitles else None
-        writer = VideoWriter(
-            out_path,
-            avatar.size,
-            render_cfg.fps,
-            crf=out_cfg.crf,
-            preset=out_cfg.preset,
-            audio_bitrate_k=out_cfg.audio_bitrate_k,
-            subtitles=burner,
-        )
-        voice = request.voice or default_voice(self.settings)
-        sentences: queue.Queue[str | None] = queue.Queue()
+        """Feed `sentences` to the assembler on a worker thread (overlapped with the model or not)."""
+        todo: queue.Queue[str | None] = queue.Queue()
         answer_written = threading.Event()
-        state = _ClipState()
+        failure: list[BaseException] = []
 
-        def speak_and_render_all() -> None:
+        def work() -> None:
             if not self.overlap:
                 answer_written.wait()
-            while (sentence := sentences.get()) is not None:
-                if state.failed is not None or state.truncated:
+            while (sentence := todo.get()) is not None:
+                if failure or assembler.truncated:
                     continue  # drain the queue so the producer never blocks
                 try:
-                    self._speak_and_render_one(
-                        sentence,
-                        language,
-                        voice,
-                        avatar,
-                        writer,
-                        burner,
-                        max_seconds,
-                        state,
-                        timings,
-                        progress,
-                    )
+                    speech = assembler.add(sentence)
                 except BaseException as e:  # handed to the caller's thread below
-                    state.failed = e
+                    failure.append(e)
+                    continue
+                if speech is not None:
+                    progress(
+                        "rendered",
+                        {"text": sentence, "seconds": round(speech.duration, 2), "engine": speech.engine},
+                    )
 
-        worker = threading.Thread(target=speak_and_render_all, name="speak-render", daemon=True)
+        worker = threading.Thread(target=work, name="speak-render", daemon=True)
         worker.start()
         try:
-            for sentence in self._answer_sentences(messages, timings):
+            for sentence in sentences:
                 progress("sentence", {"text": sentence})
-                sentences.put(sentence)
-                if state.failed is not None or state.truncated:
+                todo.put(sentence)
+                if failure or assembler.truncated:
                     break
         finally:
-            sentences.put(None)
+            todo.put(None)
             answer_written.set()
             worker.join()
         try:
-            if state.failed is not None:
-                raise state.failed
-            if not state.chunks:
+            if failure:
+                raise failure[0]
+            if not assembler.spoken:
                 # the model said nothing speakable: answer with a short, honest line instead of failing
-                fallback = (
-                    "嗯，我没有想好怎么回答。" if language == "zh" else "Hmm, I don't have an answer to that."
-                )
-                self._speak_and_render_one(
-                    fallback, language, voice, avatar, writer, burner, max_seconds, state, timings, progress
-                )
-            t0 = time.perf_counter()
-            audio = Audio(np.concatenate(state.chunks), OUTPUT_SAMPLE_RATE)
-            writer.finish(audio)
-            timings.add("encode", time.perf_counter() - t0)
+                assembler.add(NO_ANSWER[assembler.language == "zh"])
+            path = assembler.finish()
         except BaseException:
-            writer.abort()
+            assembler.abort()
             raise
+        joiner = "" if assembler.language == "zh" else " "
         return ReplyResult(
-            video_path=out_path,
+            media_path=path,
+            format=assembler.fmt,
             question="",
-            answer=" ".join(state.spoken) if language != "zh" else "".join(state.spoken),
-            language=language,
-            duration=audio.duration,
-            truncated=state.truncated,
-            tts_engines=tuple(sorted(state.engines)),
-            timings=timings,
-        )
-
-    def _speak_and_render_one(
-        self,
-        sentence: str,
-        language: str,
-        voice: VoiceSettings,
-        avatar: PreparedAvatar,
-        writer: VideoWriter,
-        burner: SubtitleBurner | None,
-        max_seconds: float,
-        state: _ClipState,
-        timings: StageTimings,
-        progress: ProgressCallback,
-    ) -> None:
-        text = clean_for_speech(sentence)
-        if not has_speakable_text(text):
-            return
-        t0 = time.perf_counter()
-        speech = self.synthesizer.synthesize(text, detect_language(text, default=language), voice)
-        timings.add("tts", time.perf_counter() - t0)
-        speech = _with_pause(speech, SENTENCE_PAUSE_S)
-        if state.clip_seconds + speech.duration > max_seconds and state.chunks:
-            state.truncated = True
-            return
-        fps = self.settings.render.fps
-        start = state.clip_seconds
-        n_frames = round((start + speech.duration) * fps) - round(start * fps)
-        if burner is not None:
-            burner.add(speech, start)
-        t0 = time.perf_counter()
-        render_s = 0.0
-        frames_iter = self.renderer.render(avatar, speech, fps=fps, start_time=start, n_frames=n_frames)
-        while True:
-            t1 = time.perf_counter()
-            frames = next(frames_iter, None)
-            render_s += time.perf_counter() - t1
-            if frames is None:
-                break
-            writer.write(frames)
-        timings.add("render", render_s)
-        timings.add("encode", time.perf_counter() - t0 - render_s)
-        state.chunks.append(resample(speech.audio, OUTPUT_SAMPLE_RATE).samples)
-        state.clip_seconds = sum(len(c) for c in state.chunks) / OUTPUT_SAMPLE_RATE
-        state.spoken.append(sentence)
-        state.engines.add(speech.engine)
-        progress(
-            "rendered", {"text": sentence, "seconds": round(speech.duration, 2), "engine": speech.engine}
+            answer=joiner.join(assembler.spoken),
+            language=assembler.language,
+            duration=assembler.seconds,
+            truncated=assembler.truncated,
+            tts_engines=tuple(sorted(assembler.engines)),
+            timings=assembler.timings,
         )
 
 
-@dataclass
-class _ClipState:
-    """What the speak-and-render worker has produced so far."""
-
-    chunks: list[np.ndarray] = field(default_factory=list)  # audio at OUTPUT_SAMPLE_RATE
-    spoken: list[str] = field(default_factory=list)
-    engines: set[str] = field(default_factory=set)
-    clip_seconds: float = 0.0
-    truncated: bool = False
-    failed: BaseException | None = None
+NO_ANSWER = ("Hmm, I don't have an answer to that.", "嗯，我没有想好怎么回答。")
 
 
 def _should_overlap(settings: Settings) -> bool:
@@ -364,12 +311,6 @@ def _should_overlap(settings: Settings) -> bool:
 
     gpu = settings.render.device != "cpu" and torch.cuda.is_available()
     return gpu or (os.cpu_count() or 1) >= 4
-
-
-def _with_pause(speech: Speech, seconds: float) -> Speech:
-    pad = np.zeros(int(seconds * speech.audio.sample_rate), np.float32)
-    audio = Audio(np.concatenate([speech.audio.samples, pad]), speech.audio.sample_rate)
-    return Speech(speech.text, speech.language, audio, speech.words, speech.phonemes, speech.engine)
 
 
 def _short_language(code: str) -> str:

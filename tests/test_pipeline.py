@@ -60,7 +60,7 @@ def test_text_question_gives_a_video_of_the_spoken_answer(hermetic: ReplyPipelin
     assert result.answer == "Paris is the capital of France. It is famous for the Eiffel Tower."
     assert result.language == "en" and result.tts_engines == ("piper",)
     assert events.count("sentence") == 2 and events.count("rendered") == 2 and events[-1] == "done"
-    info = probe_mp4(result.video_path)
+    info = probe_mp4(result.media_path)
     assert (info.video_codec, info.audio_codec, info.width) == ("h264", "aac", 256)
     assert info.duration == pytest.approx(result.duration, abs=0.2)
     assert len(info.frames) == pytest.approx(result.duration * 25, abs=1)
@@ -79,7 +79,7 @@ def test_chinese_answer_is_spoken_by_the_offline_mandarin_voice(hermetic: ReplyP
     assert result.answer == "北京有故宫和长城。你可以去看看！"
     system = hermetic.chat_model.calls[0][0]
     assert system.role == "system" and "中文" in system.content
-    info = probe_mp4(result.video_path)
+    info = probe_mp4(result.media_path)
     assert info.duration == pytest.approx(result.duration, abs=0.2)
     band = info.frames[len(info.frames) // 3, -80:]
     assert (band > 235).all(axis=-1).sum() > 50  # white subtitle glyphs are burned in
@@ -122,7 +122,7 @@ def test_video_note_is_cut_at_a_sentence_to_fit_its_limit(tmp_path: Path, hermet
 def test_an_empty_model_answer_still_gets_a_spoken_reply(hermetic: ReplyPipeline, tmp_path: Path):
     result = ask(hermetic, tmp_path, "  ** ", text="Hello?")
     assert result.answer == "Hmm, I don't have an answer to that."
-    assert probe_mp4(result.video_path).duration > 1.0
+    assert probe_mp4(result.media_path).duration > 1.0
 
 
 def test_voice_settings_reach_the_voice(hermetic: ReplyPipeline, tmp_path: Path):
@@ -204,7 +204,7 @@ def test_spoken_question_end_to_end(real_pipeline: ReplyPipeline, tmp_path: Path
     heard = result.transcript.text.lower()
     assert "capital" in heard and "france" in heard and result.language == "en"
     assert "Paris" in result.answer
-    info = probe_mp4(result.video_path)
+    info = probe_mp4(result.media_path)
     assert (info.video_codec, info.audio_codec, info.pix_fmt) == ("h264", "aac", "yuv420p")
     assert info.width == info.height == 512
     assert info.duration == pytest.approx(result.duration, abs=0.2)
@@ -222,7 +222,7 @@ def test_spoken_chinese_question_end_to_end(real_pipeline: ReplyPipeline, tmp_pa
     assert result.transcript.language == "zh" and "介绍" in result.transcript.text
     assert result.language == "zh" and detect_language(result.answer) == "zh"
     assert result.tts_engines == ("espeak",)
-    info = probe_mp4(result.video_path)
+    info = probe_mp4(result.media_path)
     assert (info.video_codec, info.audio_codec) == ("h264", "aac")
     assert info.duration == pytest.approx(result.duration, abs=0.2)
 
@@ -249,4 +249,30 @@ def test_sentences_overlap_or_take_turns_with_the_same_result(
     assert pipeline.overlap is (overlap == "on")
     result = ask(pipeline, tmp_path, "The first sentence is here. And this is the second one.", text="Hi")
     assert result.answer == "The first sentence is here. And this is the second one."
-    assert probe_mp4(result.video_path).duration == pytest.approx(result.duration, abs=0.2)
+    assert probe_mp4(result.media_path).duration == pytest.approx(result.duration, abs=0.2)
+
+
+def test_voice_format_gives_an_opus_voice_message_without_rendering(hermetic: ReplyPipeline, tmp_path: Path):
+    import av
+
+    result = ask(hermetic, tmp_path, "Here is my answer as a voice message.", text="Hi", format="voice")
+    assert result.format == "voice" and "render" not in result.timings.seconds
+    with av.open(str(result.media_path)) as box:
+        assert box.format.name == "ogg" and not box.streams.video
+        assert box.streams.audio[0].codec_context.name == "opus"
+        assert box.duration / 1e6 == pytest.approx(result.duration, abs=0.1)
+
+
+def test_text_format_answers_without_speech(hermetic: ReplyPipeline, tmp_path: Path):
+    result = ask(hermetic, tmp_path, "Just text this time.", text="Hi", format="text")
+    assert result.media_path is None and result.answer == "Just text this time." and result.duration == 0
+    assert "tts" not in result.timings.seconds
+
+
+def test_speak_says_a_fixed_line_with_the_given_avatar(hermetic: ReplyPipeline, tmp_path: Path, avatar_bytes):
+    hermetic.chat_model = ScriptedChat("never used")
+    result = hermetic.speak(
+        "Hi! I am your new twin.", ReplyRequest("test:new", avatar=avatar_bytes), tmp_path / "p.mp4"
+    )
+    assert result.answer == "Hi! I am your new twin." and hermetic.chat_model.calls == []
+    assert probe_mp4(result.media_path).duration == pytest.approx(result.duration, abs=0.2)
