@@ -16,7 +16,7 @@ from pipeline.render import topology as T
 from pipeline.render.factory import avatar_cache_dir, build_renderer
 from pipeline.render.landmarks import decode_image
 from pipeline.render.motion import blink_curve, head_sway
-from pipeline.render.visemes import REST, VISEMES, mouth_controls, phoneme_targets, visemes_of
+from pipeline.render.visemes import LEAD_S, REST, VISEMES, mouth_controls, phoneme_targets, visemes_of
 from pipeline.render.warp import BLINK_COL, JAW_COL, WarpAvatar, WarpRenderer
 from pipeline.types import Audio, PhonemeTiming, Speech
 
@@ -194,8 +194,8 @@ def test_bilabial_closes_between_vowels():
     times = np.arange(0, 0.8, 0.005)
     targets = phoneme_targets(ph, 0.8, times)
     at = lambda t: targets[np.argmin(np.abs(times - t)), 0]  # noqa: E731
-    assert at(0.2 - 0.04) > 0.65 and at(0.49 - 0.04) > 0.65
-    assert at(0.34 - 0.04) < 0.2  # lips close for m, a little before it sounds
+    assert at(0.2 - LEAD_S) > 0.65 and at(0.49 - LEAD_S) > 0.65
+    assert at(0.34 - LEAD_S) < 0.2  # lips close for m, a little before it sounds
     assert targets[-1, 0] == pytest.approx(REST.open, abs=0.05)
 
 

@@ -17,7 +17,11 @@ LEVEL_CURVE = 0.8  # < 1: the mouth opens quickly at low levels, as in speech
 LOW_BAND = (250.0, 1000.0)  # Hz: first-formant region, strong in open and rounded vowels
 HIGH_BAND = (1200.0, 3500.0)  # Hz: second-formant region, strong in spread vowels (i, e)
 MIN_BALANCE_SD = 0.5  # log-ratio spread below which the timbre counts as steady (no spread/round)
-ATTACK_S, RELEASE_S = 0.033, 0.067  # jaw inertia time constants: opens fast, closes a little slower
+ATTACK_S, RELEASE_S = 0.02, 0.04  # jaw inertia time constants: opens fast, closes a little slower
+ENVELOPE_S = 0.04  # loudness window: one frame at 25 fps, so the jaw follows syllables, not phrases
+ENVELOPE_AHEAD_S = 0.02  # centre of the loudness window after the frame's start (mid-frame)
+ENVELOPE_CURVE = 0.85  # opening ~ (rms / loud rms) ** this: close to linear in amplitude
+ACTIVITY_RANGE_DB = 10.0  # voice activity ramps from 0 at SILENCE_DB to 1 this far above it
 
 
 def _frames(samples: np.ndarray, sample_rate: int, times: np.ndarray) -> np.ndarray:
@@ -39,6 +43,37 @@ def _smooth(level: np.ndarray, step: float) -> np.ndarray:
         v += (attack if x > v else release) * (x - v)
         out[i] = v
     return out
+
+
+def loudness_envelope(audio: Audio, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(loud, active) at speech-relative frame-start `times`, both in [0, 1].
+
+    `loud` is the short-window RMS relative to this speech's loud frames, nearly linear in amplitude:
+    jaw opening tracks the syllable envelope that a viewer hears (and that lip-sync is judged
+    against). `active` is a voice-activity gate that is exactly 0 in silence, so the mouth closes in
+    pauses whatever the phoneme spans say.
+    """
+    times = np.asarray(times, dtype=np.float64)
+    zeros = np.zeros_like(times)
+    if times.size == 0 or audio.samples.size == 0:
+        return zeros, zeros.copy()
+    sr = audio.sample_rate
+    win = max(16, round(ENVELOPE_S * sr))
+    padded = np.pad(audio.samples.astype(np.float32), (win, win))
+    starts = np.clip(
+        np.round((times + ENVELOPE_AHEAD_S) * sr).astype(np.int64) - win // 2 + win, 0, len(padded) - win
+    )
+    seg = padded[starts[:, None] + np.arange(win)[None]].astype(np.float64)
+    rms = np.sqrt(np.mean(seg**2, axis=1) + 1e-12)
+    db = 20 * np.log10(rms)
+    loud = db > SILENCE_DB
+    if not loud.any():
+        return zeros, zeros.copy()
+    peak = float(np.percentile(rms[loud], 95))
+    level = np.clip(rms / peak, 0, 1) ** ENVELOPE_CURVE
+    step = float(times[1] - times[0]) if times.size > 1 else 0.04
+    active = np.clip((db - SILENCE_DB) / ACTIVITY_RANGE_DB, 0, 1)
+    return _smooth(level, max(step, 1e-3)) * (active > 0), active
 
 
 def audio_controls(audio: Audio, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -10,16 +10,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from pipeline.render import topology as T
+from pipeline.render.closing import MIN_GAP, close_mouth, find_opening, teeth_texture
 from pipeline.render.tps import tps_backward_field
 
 CROP_SCALE = 2.3  # crop side / face size: the head plus some hair, neck and background
 CROP_DROP = 0.1  # move the crop centre down by this fraction of the face height (more neck, less sky)
-OPEN_MOUTH_GAP = 0.03  # inner-lip gap / mouth width above which the photo's mouth counts as open
-JAW_TRAVEL = 0.21  # full jaw opening (inner-lip gap at weight 1) / mouth width
+JAW_TRAVEL = 0.3  # full jaw opening (inner-lip gap at weight 1) / mouth width
 WIDE_STRETCH = 0.16  # half-width gained at weight +1 (lost at -1, i.e. rounded lips) / half-width
 WIDE_FLATTEN = 0.25  # vertical lip flattening at weight +1 (rounding at -1)
 BLINK_MEET = 0.8  # closed lids meet this far down from the upper lid towards the lower one
@@ -44,6 +43,8 @@ class MouthRig:
     lower_moves: torch.Tensor  # (N_BASIS, 11, 2)
     width: float  # mouth width (corner to corner) in px
     brightness: float  # scene brightness relative to a typical portrait, from the cheek skin
+    teeth: torch.Tensor | None  # (4, rows, cols) RGBA: the photo's own teeth, when it shows them
+    teeth_height: torch.Tensor | None  # (cols,) their visible height in the photo, px
 
 
 @dataclass(frozen=True)
@@ -129,28 +130,6 @@ def _field(points: np.ndarray, anchors: np.ndarray, moves: Moves, size: int) -> 
     return tps_backward_field(src, dst, size)
 
 
-def _close_mouth_moves(points: np.ndarray) -> Moves:
-    """Moves that close an open (smiling) mouth into the rest pose.
-
-    FaceMesh tends to put the inner upper lip on the upper teeth of a smiling photo, so the lips meet
-    halfway between the outer and inner upper contours, squeezing the visible teeth away.
-    """
-    gaps = points[list(T.LIP_LOWER_INNER), 1] - points[list(T.LIP_UPPER_INNER[1:-1]), 1]
-    moves: Moves = {}
-    for outer, upper, lower in zip(
-        T.LIP_UPPER_OUTER[1:-1], T.LIP_UPPER_INNER[1:-1], T.LIP_LOWER_INNER, strict=True
-    ):
-        meet = points[outer, 1] + 0.5 * max(points[upper, 1] - points[outer, 1], 0.0)
-        moves[upper] = (0.0, meet - 0.5 - points[upper, 1])
-        moves[lower] = (0.0, meet + 0.5 - points[lower, 1])
-    gap = max(float(gaps.max()), 0.0)
-    for i in T.LIP_LOWER_OUTER:
-        moves[i] = (0.0, -0.55 * gap)
-    for i in T.CHIN:
-        moves[i] = (0.0, -0.35 * gap)
-    return moves
-
-
 def _basis_moves(points: np.ndarray) -> list[Moves]:
     """Forward landmark moves at unit weight for each basis field (JAW, WIDE, BLINK)."""
     width = float(np.linalg.norm(points[61] - points[291]))
@@ -171,11 +150,16 @@ def _basis_moves(points: np.ndarray) -> list[Moves]:
             jaw[i] = (0.0, share * u)
 
     centre = (points[61] + points[291]) / 2
+    # Lips flatten or round about the line where they meet (not about the corners, which sit higher
+    # in a smile): the inner lips stay together, so rounding never opens a closed mouth.
+    seam = points[list(T.LIP_UPPER_INNER)]
+    order = np.argsort(seam[:, 0])
     wide: Moves = {}
     lips = T.LIP_UPPER_OUTER + T.LIP_LOWER_OUTER + T.LIP_UPPER_INNER + T.LIP_LOWER_INNER
     for i in lips:
         across = (points[i, 0] - centre[0]) / (width / 2)  # -1 .. 1 corner to corner
-        wide[i] = (WIDE_STRETCH * width / 2 * across, -WIDE_FLATTEN * (points[i, 1] - centre[1]))
+        meet = float(np.interp(points[i, 0], seam[order, 0], seam[order, 1]))
+        wide[i] = (WIDE_STRETCH * width / 2 * across, -WIDE_FLATTEN * (points[i, 1] - meet))
 
     blink: Moves = {}
     for upper, lower in T.EYE_LIDS:
@@ -220,17 +204,11 @@ def build_rig(rgb: np.ndarray, points: np.ndarray, size: int, device: torch.devi
     image = torch.from_numpy(crop).permute(2, 0, 1).float().div(255)[None]
 
     width = float(np.linalg.norm(pts[61] - pts[291]))
-    gaps = pts[list(T.LIP_LOWER_INNER), 1] - pts[list(T.LIP_UPPER_INNER[1:-1]), 1]
-    prewarped = bool(gaps.max() > OPEN_MOUTH_GAP * width)
+    opening = find_opening(crop, pts)
+    teeth = teeth_texture(image, opening, width, (float(pts[78, 0]), float(pts[308, 0])))
+    prewarped = bool(opening.gap.max() > MIN_GAP)
     if prewarped:
-        moves = _close_mouth_moves(pts)
-        field = _field(pts, anchors, moves, size) * mask[..., None]
-        grid = (pixels + field)[None] / (size - 1) * 2 - 1
-        image = F.grid_sample(image, grid, mode="bicubic", padding_mode="border", align_corners=True)
-        image = image.clamp(0, 1)
-        pts = pts.copy()
-        for i, d in moves.items():
-            pts[i] = pts[i] + d
+        image, pts, _ = close_mouth(image, pts, opening)
         crop = (image[0].permute(1, 2, 0) * 255 + 0.5).to(torch.uint8).numpy()
 
     moves = _basis_moves(pts)
@@ -249,6 +227,8 @@ def build_rig(rgb: np.ndarray, points: np.ndarray, size: int, device: torch.devi
         lower_moves=forward(lower_idx),
         width=width,
         brightness=_brightness(crop, pts),
+        teeth=None if teeth is None else teeth[0].to(device),
+        teeth_height=None if teeth is None else teeth[1].to(device),
     )
     eyes = []
     for corners, lids in ((T.RIGHT_EYE_CORNERS, T.RIGHT_EYE_LIDS), (T.LEFT_EYE_CORNERS, T.LEFT_EYE_LIDS)):

@@ -13,14 +13,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.render.audio_features import audio_controls
+from pipeline.render.audio_features import audio_controls, loudness_envelope
 from pipeline.types import PhonemeTiming, Speech
 
-LEAD_S = 0.04  # lips lead the sound: shapes are shown this much before the phoneme's centre
+LEAD_S = 0.02  # lips lead the sound: shapes are shown this much before the phoneme's centre
 MIN_SPREAD_S = 0.035  # a phoneme's influence reaches at least this far (s) from its centre
-LOUDNESS_FLOOR = 0.4  # opening = target x clip(LOUDNESS_FLOOR + LOUDNESS_GAIN x level, 0, 1)
-ACTIVITY_LEVEL = 0.1  # audio level at which the loudness floor applies fully
-LOUDNESS_GAIN = 1.2
+# jaw = active x (JAW_FLOOR + (1 - JAW_FLOOR) x loud) x (1 - SHAPE_WEIGHT + SHAPE_WEIGHT x open)
+#       x clip(open / CLOSURE_OPEN, 0, 1)
+# Loudness carries most of the opening (it is what the viewer hears, syllable by syllable); the
+# viseme scales it (an "a" opens more than an "i") and closes the lips outright for p/b/m/f/v.
+JAW_FLOOR = 0.3  # any voiced frame opens at least this much: smaller openings do not read as open
+SHAPE_WEIGHT = 0.3
+CLOSURE_OPEN = 0.18  # visemes whose opening is below this close the lips in proportion
 WIDE_GAIN = 0.8  # scale of the spread/round control fed to the rig
 
 
@@ -121,18 +125,17 @@ def phoneme_targets(phonemes: tuple[PhonemeTiming, ...], duration: float, times:
 def mouth_controls(speech: Speech, times: np.ndarray) -> np.ndarray:
     """(len(times), 2) rig weights (jaw, wide) at speech-relative `times` in seconds.
 
-    With phonemes, shapes come from the viseme table and loudness scales the opening (so a whispered
-    or trailing-off vowel opens less); without, both come from the audio.
+    The opening follows the loudness envelope (see the formula above); with phonemes the viseme
+    table shapes it and sets spread/rounding, without them the spectrum does.
     """
     times = np.asarray(times, dtype=np.float64)
-    level, wide = audio_controls(speech.audio, times + LEAD_S)
+    loud, active = loudness_envelope(speech.audio, times)
+    jaw = active * (JAW_FLOOR + (1 - JAW_FLOOR) * loud)
     if speech.phonemes:
         targets = phoneme_targets(speech.phonemes, speech.duration, times)
-        # the floor keeps quiet consonant-vowel transitions visible; it fades out with the voice so
-        # the mouth closes in pauses even where the last phoneme's span runs into the silence
-        activity = np.clip(level / ACTIVITY_LEVEL, 0, 1)
-        jaw = targets[:, 0] * np.clip(LOUDNESS_FLOOR * activity + LOUDNESS_GAIN * level, 0, 1)
+        shape = np.clip(targets[:, 0], 0, 1)
+        jaw = jaw * (1 - SHAPE_WEIGHT + SHAPE_WEIGHT * shape) * np.clip(shape / CLOSURE_OPEN, 0, 1)
         wide = targets[:, 1]
     else:
-        jaw = level
+        _, wide = audio_controls(speech.audio, times + LEAD_S)
     return np.stack([np.clip(jaw, 0, 1), WIDE_GAIN * np.clip(wide, -1, 1)], 1)

@@ -185,14 +185,14 @@ def render_frames(rig: Rig, controls: torch.Tensor) -> np.ndarray:
     upper = _head_forward(mouth.upper + torch.einsum("bk,knc->bnc", weights, mouth.upper_moves), *head)
     lower = _head_forward(mouth.lower + torch.einsum("bk,knc->bnc", weights, mouth.lower_moves), *head)
     y0, y1, x0, x1 = rig.roi
-    paint_mouth(region, (y0, x0), upper, lower, mouth.width, mouth.brightness)
-    # The painted lid covers the whole open aperture (upper lid at rest down to the warped lower lid):
-    # the spline leaves eye pixels visible anywhere in there, not only between the warped lid lines.
+    paint_mouth(region, (y0, x0), upper, lower, mouth)
+    # The painted lid covers the whole rest-pose aperture: the spline leaves eye pixels visible
+    # anywhere in there, not only between the warped lid lines.
     open_eyes = weights.clone()
     open_eyes[:, BLINK] = 0
     for eye in rig.eyes:
         upper = _head_forward(eye.upper + torch.einsum("bk,knc->bnc", open_eyes, eye.upper_moves), *head)
-        lower = _head_forward(eye.lower + torch.einsum("bk,knc->bnc", weights, eye.lower_moves), *head)
+        lower = _head_forward(eye.lower + torch.einsum("bk,knc->bnc", open_eyes, eye.lower_moves), *head)
         paint_lids(region, (y0, x0), upper, lower, controls[:, BLINK_COL])
 
     pixels = (region.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()

@@ -1,0 +1,111 @@
+"""Render speed of the warp renderer: frames per second at 256 and 512 px, batched.
+
+Two figures per size: render only (controls, warps, mouth and lids, compositing: everything up to
+the uint8 frames the encoder gets) and render + encode (the same frames piped into VideoWriter's
+H.264 encoder, muxed at the end). Also prepare() time, cold (first photo: FaceMesh graph built) and
+warm (new size, landmarks known). Speech is a loud/quiet alternating tone so the mouth works.
+
+    .venv/bin/python -m bench.render_fps [--seconds 8] [--sizes 256 512] [--device cpu]
+
+Writes bench/results/render_fps_<device>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.media.video_output import VideoWriter
+from pipeline.render.warp import WarpRenderer
+from pipeline.types import Audio, Speech
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+FPS = 25
+SR = 16000
+
+
+def test_speech(seconds: float) -> Speech:
+    """Syllable-like bursts of a harmonic tone (4 per second), with silence between."""
+    t = np.arange(round(seconds * SR)) / SR
+    tone = sum(np.sin(2 * np.pi * 140 * k * t) / k for k in range(1, 10))
+    envelope = np.clip(np.sin(2 * np.pi * 2 * t), 0, None)
+    return Speech("bench", "en", Audio((0.3 * tone * envelope).astype(np.float32), SR))
+
+
+def measure(size: int, seconds: float, batch: int, device: str, photo: bytes) -> dict:
+    renderer = WarpRenderer(device=device, batch=batch, seed=7)
+    t0 = time.perf_counter()
+    avatar = renderer.prepare(photo, size)
+    prepare_s = time.perf_counter() - t0
+    speech = test_speech(seconds)
+    n = round(seconds * FPS)
+    for _ in renderer.render(avatar, speech, fps=FPS, start_time=0.0, n_frames=2 * batch):
+        pass  # warm-up: allocator, kernels
+    if renderer.device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _frames in renderer.render(avatar, speech, fps=FPS, start_time=0.0, n_frames=n):
+        pass
+    render_s = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        writer = VideoWriter(Path(tmp) / "bench.mp4", size, FPS)
+        for frames in renderer.render(avatar, speech, fps=FPS, start_time=0.0, n_frames=n):
+            writer.write(frames)
+        writer.finish(speech.audio)
+        total_s = time.perf_counter() - t0
+    return {
+        "size": size,
+        "batch": batch,
+        "frames": n,
+        "prepare_s": round(prepare_s, 3),
+        "render_fps": round(n / render_s, 1),
+        "render_encode_fps": round(n / total_s, 1),
+        "realtime_x_render_encode": round(n / total_s / FPS, 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--sizes", type=int, nargs="*", default=[256, 512])
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--photo", type=Path, default=ROOT / "assets" / "avatar.jpg")
+    args = parser.parse_args()
+    photo = args.photo.read_bytes()
+    t0 = time.perf_counter()
+    WarpRenderer(device=args.device).prepare(photo, 256)
+    cold = time.perf_counter() - t0
+    rows = [measure(size, args.seconds, args.batch, args.device, photo) for size in args.sizes]
+    device = torch.cuda.get_device_name() if args.device == "cuda" else f"{os.cpu_count()} CPU cores"
+    result = {
+        "device": device,
+        "machine": platform.machine(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "prepare_cold_s": round(cold, 3),
+        "sizes": rows,
+    }
+    for r in rows:
+        print(
+            f"{r['size']} px batch {r['batch']}: render {r['render_fps']} fps, "
+            f"render+encode {r['render_encode_fps']} fps, prepare {r['prepare_s']} s"
+        )
+    print(f"prepare (cold, first photo): {cold:.2f} s on {device}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    name = "cuda" if args.device == "cuda" else "cpu"
+    (RESULTS / f"render_fps_{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
