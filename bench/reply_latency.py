@@ -38,24 +38,24 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     args = parser.parse_args()
 
-    settings = load_settings(
-        environ={
-            "TALKTWIN_RENDER__SIZE": str(args.size),
-            "TALKTWIN_LLM__TEMPERATURE": "0",
-            "TALKTWIN_LLM__HISTORY_TURNS": "0",
-        }
-    )
-    t0 = time.perf_counter()
-    pipeline = ReplyPipeline.from_settings(settings)
-    load_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
+        settings = load_settings(
+            environ={
+                "TALKTWIN_RENDER__SIZE": str(args.size),
+                "TALKTWIN_LLM__TEMPERATURE": "0",
+                "TALKTWIN_PATHS__DATA_DIR": tmp,  # a fresh memory: every run is a first question
+            }
+        )
+        t0 = time.perf_counter()
+        pipeline = ReplyPipeline.from_settings(settings)
+        load_s = time.perf_counter() - t0
         question = pipeline.synthesizer.synthesize(QUESTION, "en", VoiceSettings())
         wav = Path(tmp) / "question.wav"
         write_wav(wav, question.audio)
         audio = wav.read_bytes()
         runs = []
         for i in range(args.runs + 1):
-            result = pipeline.reply(ReplyRequest(user=f"bench:{i}", audio=audio), Path(tmp) / f"r{i}.mp4")
+            result = pipeline.reply(ReplyRequest(user=f"cli:bench{i}", audio=audio), Path(tmp) / f"r{i}.mp4")
             if i > 0:  # the first reply warms caches (avatar preparation, allocator, llama.cpp)
                 runs.append(result)
             print(

@@ -7,6 +7,7 @@ work happens in the pipeline.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import sys
@@ -64,21 +65,28 @@ def main(argv: list[str] | None = None) -> int:
         return models_command(settings, args.action)
     if args.command == "reply":
         return reply_command(settings, args)
-    # No command: until the service runtime lands, answer a sample question.
+    # No command: the service, when a bot has credentials; otherwise one sample answer
+    from bots.runtime import configured_adapters, serve
+
+    if configured_adapters(settings, os.environ):
+        asyncio.run(serve(settings))
+        return 0
     out = settings.resolve("out/sample_reply.mp4")
-    print(f"No command given: answering a sample question into {out}", file=sys.stderr)
-    return reply_command(
-        settings,
-        argparse.Namespace(
-            text=SAMPLE_QUESTION,
-            audio=None,
-            avatar=None,
-            user="cli:sample",
-            format=None,
-            subtitles=None,
-            output=out,
-        ),
+    print(
+        "No bot token set (TELEGRAM_BOT_TOKEN), so no bot starts; answering a sample question into "
+        f"{out} instead.",
+        file=sys.stderr,
     )
+    sample = argparse.Namespace(
+        text=SAMPLE_QUESTION,
+        audio=None,
+        avatar=None,
+        user="cli:sample",
+        format=None,
+        subtitles=None,
+        output=out,
+    )
+    return reply_command(settings, sample)
 
 
 def models_command(settings: Settings, action: str) -> int:

@@ -60,7 +60,6 @@ class LlmSettings(_Section):
     temperature: float = Field(ge=0, le=2)
     context_tokens: int = Field(ge=256)
     threads: int = Field(ge=0)
-    history_turns: int = Field(ge=0)
     timeout_s: float = Field(gt=0)
     persona_en: str
     persona_zh: str
@@ -112,6 +111,37 @@ class OutputSettings(_Section):
     video_note_max_seconds: float = Field(gt=0, le=60)
 
 
+class MemorySettings(_Section):
+    database_url: str
+    recent_turns: int = Field(ge=0, le=50)
+    summarize: bool
+    summary_max_tokens: int = Field(ge=16, le=1024)
+    notes_budget: float = Field(gt=0, lt=1)
+    knowledge_budget: float = Field(gt=0, lt=1)
+    group_shared: bool
+
+
+class KnowledgeSettings(_Section):
+    enabled: bool
+    shared_folder: str
+    chunk_size: int = Field(ge=100, le=4000)
+    chunk_overlap: int = Field(ge=0, le=1000)
+    max_file_mb: float = Field(gt=0)
+    max_pages: int = Field(ge=1)
+    max_documents: int = Field(ge=1)
+    top_k: int = Field(ge=1, le=20)
+    min_relevance: float = Field(ge=-1, le=1)
+    chroma_url: str
+
+
+class TelegramSettings(_Section):
+    webhook_listen: str
+    webhook_port: int = Field(ge=1, le=65535)
+    max_pending: int = Field(ge=1, le=20)
+    rate_limit_per_minute: int = Field(ge=1)
+    progress_after_s: float = Field(ge=0)
+
+
 class Settings(_Section):
     paths: PathSettings
     limits: LimitSettings
@@ -121,6 +151,9 @@ class Settings(_Section):
     tts: TtsSettings
     render: RenderSettings
     output: OutputSettings
+    memory: MemorySettings
+    knowledge: KnowledgeSettings
+    telegram: TelegramSettings
 
     def resolve(self, path: str | Path) -> Path:
         """A configured path, relative ones taken from the project root (not the working dir)."""

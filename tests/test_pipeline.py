@@ -39,7 +39,7 @@ def hermetic(tmp_path_factory: pytest.TempPathFactory) -> ReplyPipeline:
         chat_model=ScriptedChat(""),
         synthesizer=build_synthesizer(settings),
         renderer=build_renderer(settings),
-        context=InProcessHistory(settings.llm.history_turns),
+        context=InProcessHistory(settings.memory.recent_turns),
     )
 
 

@@ -1,0 +1,85 @@
+"""The service: load every model once, start each adapter that has credentials, stop cleanly.
+
+`python run_bots.py` runs this. Telegram starts when TELEGRAM_BOT_TOKEN is set. SIGINT/SIGTERM stop
+taking updates, let the reply in work finish, then exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from bots.service import ReplyService
+from bots.telegram.bot import TelegramBot
+from bots.telegram.options import TelegramOptions
+from knowledge.base import KnowledgeBase
+from memory.store import MemoryStore
+from pipeline.config import Settings
+from pipeline.orchestrator import ReplyPipeline
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Components:
+    """What every adapter shares: one pipeline (models loaded once), memory, knowledge, job service."""
+
+    pipeline: ReplyPipeline
+    memory: MemoryStore
+    knowledge: KnowledgeBase
+    service: ReplyService
+
+    @classmethod
+    def load(cls, settings: Settings) -> Components:
+        pipeline = ReplyPipeline.from_settings(settings)
+        memory = pipeline.context
+        assert isinstance(memory, MemoryStore) and memory.knowledge is not None
+        if settings.knowledge.shared_folder:
+            folder = settings.resolve(settings.knowledge.shared_folder)
+            log.info("shared knowledge folder %s: %s", folder, memory.knowledge.sync_shared(folder))
+        tg = settings.telegram
+        service = ReplyService(max_pending=tg.max_pending, rate_limit=tg.rate_limit_per_minute)
+        return cls(pipeline, memory, memory.knowledge, service)
+
+    def close(self) -> None:
+        self.service.shutdown()
+        self.memory.close()
+
+
+def configured_adapters(settings: Settings, environ: Mapping[str, str]) -> list[str]:
+    return ["telegram"] if TelegramOptions.from_env(environ, settings) else []
+
+
+async def serve(settings: Settings, environ: Mapping[str, str] | None = None) -> None:
+    """Run every configured adapter until SIGINT/SIGTERM."""
+    environ = os.environ if environ is None else environ
+    components = Components.load(settings)
+    adapters = []
+    telegram = TelegramOptions.from_env(environ, settings)
+    if telegram is not None:
+        adapters.append(
+            TelegramBot(
+                telegram, components.pipeline, components.memory, components.knowledge, components.service
+            )
+        )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        for adapter in adapters:
+            await adapter.start()
+        print(
+            "TalkTwin is running: " + ", ".join(type(a).__name__ for a in adapters) + ". Ctrl+C stops.",
+            flush=True,
+        )
+        await stop.wait()
+        print("Stopping: finishing the reply in work...", flush=True)
+    finally:
+        for adapter in adapters:
+            await adapter.stop()
+        components.close()

@@ -1,0 +1,90 @@
+"""ReplyService: the async front of the pipeline that every bot adapter shares.
+
+Adapters run on an asyncio loop that must never block, while a reply is seconds of CPU work. The
+service runs that work on one worker thread (the CPU is the bottleneck: two replies at once only
+make both slower), keeps one job per user at a time with a short bounded queue behind it, and
+rate-limits each user, so one busy user cannot flood the bot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class Admission(enum.Enum):
+    RUN_NOW = "run_now"
+    QUEUED = "queued"  # accepted; runs after the user's job in work
+    BUSY = "busy"  # the user's queue is full
+    RATE_LIMITED = "rate_limited"
+
+
+@dataclass
+class _UserState:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    pending: int = 0  # admitted jobs not finished yet, the running one included
+    recent: deque[float] = field(default_factory=deque)  # admission times within the rate window
+
+
+class ReplyService:
+    """Admission control and a worker thread for per-user jobs; one instance per process."""
+
+    def __init__(
+        self,
+        *,
+        max_pending: int = 3,
+        rate_limit: int = 12,
+        rate_window_s: float = 60.0,
+        workers: int = 1,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_pending = max_pending
+        self.rate_limit = rate_limit
+        self.rate_window_s = rate_window_s
+        self._clock = clock
+        self._users: dict[str, _UserState] = {}
+        self._guard = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reply-worker")
+
+    def admit(self, user: str) -> tuple[Admission, float]:
+        """Decide whether `user` may start a job now; returns the verdict and, when rate-limited,
+        the seconds until they may try again. An admitted job must then be run with `run()`."""
+        now = self._clock()
+        with self._guard:
+            state = self._users.setdefault(user, _UserState())
+            while state.recent and now - state.recent[0] >= self.rate_window_s:
+                state.recent.popleft()
+            if len(state.recent) >= self.rate_limit:
+                return Admission.RATE_LIMITED, self.rate_window_s - (now - state.recent[0])
+            if state.pending >= self.max_pending:
+                return Admission.BUSY, 0.0
+            state.recent.append(now)
+            state.pending += 1
+            return (Admission.QUEUED if state.pending > 1 else Admission.RUN_NOW), 0.0
+
+    async def run(self, user: str, fn: Callable[..., T], *args: object) -> T:
+        """Run an admitted job on the worker thread, after the user's earlier jobs."""
+        state = self._users[user]
+        try:
+            async with state.lock:
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(self._executor, lambda: fn(*args))
+        finally:
+            with self._guard:
+                state.pending -= 1
+
+    async def call(self, fn: Callable[..., T], *args: object) -> T:
+        """Run quick blocking work (a face check, a file parse) off the loop, outside the job queue."""
+        return await asyncio.get_running_loop().run_in_executor(None, lambda: fn(*args))
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,503 @@
+"""The Telegram adapter (python-telegram-bot): updates in, normalised requests to the pipeline, media out.
+
+No model code lives here. Each handler works out who is talking (user key, memory thread, language),
+admits the job through the shared ReplyService, and sends back what the pipeline made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from pathlib import Path
+
+from telegram import (
+    BotCommand,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    Update,
+    User,
+)
+from telegram.constants import ChatAction, ChatType, MessageEntityType
+from telegram.ext import (
+    AIORateLimiter,
+    Application,
+    CallbackQueryHandler,
+    CommandHandler,
+    ContextTypes,
+    MessageHandler,
+    filters,
+)
+
+from bots.service import Admission, ReplyService
+from bots.telegram.delivery import keep_chat_action, send_result
+from bots.telegram.options import TelegramOptions
+from bots.texts import t, user_language
+from memory.keys import conversation_key, user_key
+from pipeline.errors import FileTooLarge, InternalFailure, TalkTwinError
+from pipeline.orchestrator import ReplyPipeline, ReplyRequest
+from pipeline.types import VoiceSettings
+
+log = logging.getLogger(__name__)
+
+PLATFORM = "telegram"
+COMMANDS = ("start", "help", "avatar", "voice", "mode", "reset", "forget", "kb", "lang")
+MODES = ("video_note", "video", "voice", "text")
+Handler = Callable[["TelegramBot", Update, ContextTypes.DEFAULT_TYPE], Awaitable[None]]
+
+
+def guarded(handler: Handler) -> Handler:
+    """Every handler: allow-list first; then any failure becomes a clear reply, never a crash."""
+
+    @wraps(handler)
+    async def wrapper(self: TelegramBot, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        user = update.effective_user
+        message = update.effective_message
+        if user is None or user.is_bot:
+            return
+        if self.options.allowed_users and user.id not in self.options.allowed_users:
+            if (
+                message is not None
+                and update.effective_chat
+                and update.effective_chat.type == ChatType.PRIVATE
+            ):
+                await message.reply_text(t("not_allowed", self.language_of(user)))
+            return
+        try:
+            await handler(self, update, context)
+        except TalkTwinError as e:
+            log.info("user error %s for %s: %s", e.code, user.id, e)
+            if message is not None:
+                await message.reply_text(e.user_message(self.language_of(user)))
+        except Exception:
+            log.exception("handler %s failed", handler.__name__)
+            if message is not None:
+                with contextlib.suppress(Exception):
+                    await message.reply_text(InternalFailure().user_message(self.language_of(user)))
+
+    return wrapper
+
+
+class TelegramBot:
+    """Builds and runs the python-telegram-bot Application for TalkTwin."""
+
+    def __init__(
+        self, options: TelegramOptions, pipeline: ReplyPipeline, memory, knowledge, service: ReplyService
+    ):
+        self.options = options
+        self.pipeline = pipeline
+        self.memory = memory
+        self.knowledge = knowledge
+        self.service = service
+        self.app = self._build()
+
+    # ------------------------------------------------------------------ lifecycle
+    def _build(self) -> Application:
+        app = (
+            Application.builder()
+            .token(self.options.token)
+            .base_url(self.options.api_base_url)
+            .base_file_url(self.options.file_base_url)
+            .rate_limiter(AIORateLimiter(max_retries=3))
+            .concurrent_updates(True)  # a long reply for one user must not hold up everyone else
+            .build()
+        )
+        for name in COMMANDS:
+            app.add_handler(CommandHandler(name, getattr(self, f"cmd_{name}")))
+        app.add_handler(CallbackQueryHandler(self.on_button))
+        media = filters.VOICE | filters.AUDIO | filters.VIDEO_NOTE | filters.VIDEO
+        media |= filters.Document.AUDIO | filters.Document.VIDEO
+        app.add_handler(MessageHandler(media, self.on_audio))
+        app.add_handler(MessageHandler(filters.PHOTO | filters.Document.IMAGE, self.on_photo))
+        app.add_handler(MessageHandler(filters.Document.ALL, self.on_document))
+        app.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, self.on_text))
+        app.add_handler(MessageHandler(filters.COMMAND, self.on_unknown_command))
+        app.add_handler(MessageHandler(filters.ALL, self.on_unsupported))
+        app.add_error_handler(self._on_error)
+        return app
+
+    async def start(self) -> None:
+        """Connect, publish the command menu, and start long polling or the webhook server."""
+        await self.app.initialize()
+        await self._publish_commands()
+        await self.app.start()
+        assert self.app.updater is not None
+        if self.options.webhook_url:
+            await self.app.updater.start_webhook(
+                listen=self.options.webhook_listen,
+                port=self.options.webhook_port,
+                url_path="telegram",
+                webhook_url=self.options.webhook_url,
+                secret_token=self.options.webhook_secret or None,
+                allowed_updates=Update.ALL_TYPES,
+            )
+        else:
+            await self.app.updater.start_polling(allowed_updates=Update.ALL_TYPES)
+        log.info(
+            "telegram bot @%s running (%s)",
+            self.app.bot.username,
+            "webhook" if self.options.webhook_url else "long polling",
+        )
+
+    async def stop(self) -> None:
+        if self.app.updater is not None and self.app.updater.running:
+            await self.app.updater.stop()
+        if self.app.running:
+            await self.app.stop()
+        await self.app.shutdown()
+
+    async def _publish_commands(self) -> None:
+        for lang in ("en", "zh"):
+            commands = [BotCommand(name, t(f"cmd_{name}", lang)) for name in COMMANDS]
+            await self.app.bot.set_my_commands(commands, language_code=None if lang == "en" else lang)
+
+    async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+        log.error("telegram error: %s", context.error, exc_info=context.error)
+
+    # ------------------------------------------------------------------ who is talking
+    def language_of(self, user: User) -> str:
+        return user_language(user.language_code, self.memory.profile(self._user(user)).language)
+
+    def _user(self, user: User) -> str:
+        return user_key(PLATFORM, user.id)
+
+    def _thread(self, update: Update) -> str:
+        chat, user = update.effective_chat, update.effective_user
+        assert chat is not None and user is not None
+        if chat.type == ChatType.PRIVATE:
+            return conversation_key(PLATFORM, user.id)
+        return conversation_key(
+            PLATFORM, user.id, chat.id, group=True, shared_group=self.options.group_shared_memory
+        )
+
+    def _addressed(self, update: Update) -> bool:
+        """In groups, only messages that mention the bot or reply to it are for us."""
+        chat, message = update.effective_chat, update.effective_message
+        if chat is None or message is None or chat.type == ChatType.PRIVATE:
+            return True
+        replied = message.reply_to_message
+        if replied is not None and replied.from_user is not None and replied.from_user.id == self.app.bot.id:
+            return True
+        mention = f"@{self.app.bot.username}".lower()
+        for entity, text in {**message.parse_entities(), **message.parse_caption_entities()}.items():
+            if entity.type == MessageEntityType.MENTION and text.lower() == mention:
+                return True
+            if (
+                entity.type == MessageEntityType.TEXT_MENTION
+                and entity.user
+                and entity.user.id == self.app.bot.id
+            ):
+                return True
+        return False
+
+    def _strip_mention(self, text: str) -> str:
+        return text.replace(f"@{self.app.bot.username}", "").strip()
+
+    # ------------------------------------------------------------------ messages
+    @guarded
+    async def on_text(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        if not self._addressed(update):
+            return
+        message = update.effective_message
+        assert message is not None and message.text is not None
+        await self._answer(update, text=self._strip_mention(message.text))
+
+    @guarded
+    async def on_audio(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        if not self._addressed(update):
+            return
+        message = update.effective_message
+        assert message is not None
+        media = message.voice or message.audio or message.video_note or message.video or message.document
+        assert media is not None
+        data = await self._download(media.file_id, media.file_size)
+        await self._answer(update, audio=data)
+
+    @guarded
+    async def on_photo(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        if not self._addressed(update):
+            return
+        message = update.effective_message
+        assert message is not None and update.effective_user is not None
+        if message.photo:
+            largest = message.photo[-1]
+            file_id, size = largest.file_id, largest.file_size
+        else:
+            assert message.document is not None
+            file_id, size = message.document.file_id, message.document.file_size
+        image = await self._download(file_id, size)
+        user = self._user(update.effective_user)
+        lang = self.language_of(update.effective_user)
+        await self.service.call(self.pipeline.prepare_avatar, image)  # raises NoFaceFound and friends
+        await self.service.call(self.memory.set_avatar, user, image)
+        await self._run_job(
+            update,
+            lambda out: self.pipeline.speak(
+                t("avatar_greeting", lang), self._request(update, format="video"), out
+            ),
+            notice=t("avatar_set", lang),
+        )
+
+    @guarded
+    async def on_document(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        if not self._addressed(update):
+            return
+        message = update.effective_message
+        assert message is not None and message.document is not None and update.effective_user is not None
+        document = message.document
+        data = await self._download(document.file_id, document.file_size)
+        user = self._user(update.effective_user)
+        info = await self.service.call(
+            self.knowledge.add_document, user, document.file_name or "document", data
+        )
+        await message.reply_text(
+            t(
+                "kb_added",
+                self.language_of(update.effective_user),
+                name=info.name,
+                pages=info.pages,
+                chunks=info.chunks,
+            )
+        )
+
+    @guarded
+    async def on_unsupported(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        if not self._addressed(update) or update.effective_message is None or update.effective_user is None:
+            return
+        await update.effective_message.reply_text(t("unsupported", self.language_of(update.effective_user)))
+
+    @guarded
+    async def on_unknown_command(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        message = update.effective_message
+        if message is None or message.text is None or update.effective_user is None:
+            return
+        command = message.text.split()[0]
+        if "@" in command and not command.lower().endswith(f"@{self.app.bot.username}".lower()):
+            return  # meant for another bot in the group
+        await message.reply_text(
+            t("unknown_command", self.language_of(update.effective_user), command=command)
+        )
+
+    # ------------------------------------------------------------------ replies
+    def _request(self, update: Update, **fields) -> ReplyRequest:
+        assert update.effective_user is not None
+        user = self._user(update.effective_user)
+        profile = self.memory.profile(user)
+        fields.setdefault("format", "video" if profile.mode == "video_note" else profile.mode)
+        return ReplyRequest(
+            user=user,
+            conversation=self._thread(update),
+            avatar=self.memory.avatar(user),
+            voice=profile.voice,
+            **fields,
+        )
+
+    async def _answer(self, update: Update, **content) -> None:
+        await self._run_job(update, lambda out: self.pipeline.reply(self._request(update, **content), out))
+
+    async def _run_job(self, update: Update, job: Callable[[Path], object], notice: str = "") -> None:
+        """Admit, run on the worker with a chat action kept alive, then send the result."""
+        message, user = update.effective_message, update.effective_user
+        assert message is not None and user is not None
+        key, lang = self._user(user), self.language_of(user)
+        verdict, retry_s = self.service.admit(key)
+        if verdict is Admission.RATE_LIMITED:
+            await message.reply_text(t("rate_limited", lang, seconds=max(1, round(retry_s))))
+            return
+        if verdict is Admission.BUSY:
+            await message.reply_text(t("busy", lang))
+            return
+        if verdict is Admission.QUEUED:
+            await message.reply_text(t("queued", lang))
+        profile = self.memory.profile(key)
+        action = ChatAction.RECORD_VIDEO_NOTE if profile.mode == "video_note" else ChatAction.UPLOAD_VIDEO
+        if profile.mode == "voice":
+            action = ChatAction.RECORD_VOICE
+        elif profile.mode == "text":
+            action = ChatAction.TYPING
+        with tempfile.TemporaryDirectory(prefix="talktwin-tg-") as tmp:
+            out = Path(tmp) / ("reply.ogg" if profile.mode == "voice" else "reply.mp4")
+            async with keep_chat_action(
+                self.app.bot,
+                message.chat_id,
+                action,
+                progress_after_s=self.options.progress_after_s,
+                progress_text=t("working", lang),
+            ):
+                result = await self.service.run(key, job, out)
+            if notice:
+                await message.reply_text(notice)
+            await send_result(message, result, profile.mode, self.options.upload_limit_mb, lang)
+
+    async def _download(self, file_id: str, size: int | None) -> bytes:
+        limit = self.options.download_limit_mb
+        if size is not None and size > limit * 1e6:
+            raise FileTooLarge(size_mb=size / 1e6, limit_mb=limit)
+        file = await self.app.bot.get_file(file_id)
+        data = bytes(await file.download_as_bytearray())
+        if len(data) > limit * 1e6:
+            raise FileTooLarge(size_mb=len(data) / 1e6, limit_mb=limit)
+        return data
+
+    # ------------------------------------------------------------------ commands
+    @guarded
+    async def cmd_start(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        user, message = update.effective_user, update.effective_message
+        assert user is not None and message is not None
+        await message.reply_text(t("start", self.language_of(user), name=user.first_name))
+
+    @guarded
+    async def cmd_help(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        assert update.effective_user is not None and update.effective_message is not None
+        await update.effective_message.reply_text(t("help", self.language_of(update.effective_user)))
+
+    @guarded
+    async def cmd_avatar(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        user, message = update.effective_user, update.effective_message
+        assert user is not None and message is not None
+        key, lang = self._user(user), self.language_of(user)
+        if context.args and context.args[0].lower() == "reset":
+            await self.service.call(self.memory.clear_avatar, key)
+            await message.reply_text(t("avatar_reset", lang))
+            return
+        image = self.memory.avatar(key)
+        if image is None:
+            await message.reply_text(t("avatar_default", lang))
+        else:
+            await message.reply_photo(image, caption=t("avatar_current", lang))
+
+    @guarded
+    async def cmd_voice(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        user, message = update.effective_user, update.effective_message
+        assert user is not None and message is not None
+        key, lang = self._user(user), self.language_of(user)
+        voice = self.memory.profile(key).voice
+        args = context.args or []
+        if args:
+            voice = _changed_voice(voice, args)
+            if voice is None:
+                await message.reply_text(t("voice_bad", lang))
+                return
+            self.memory.update_profile(key, voice=voice)
+        await message.reply_text(
+            t(
+                "voice_current",
+                lang,
+                voice=voice.voice or t("voice_default_name", lang),
+                rate=voice.rate,
+                pitch=voice.pitch,
+                volume=voice.volume,
+            )
+        )
+
+    @guarded
+    async def cmd_mode(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        user, message = update.effective_user, update.effective_message
+        assert user is not None and message is not None
+        key, lang = self._user(user), self.language_of(user)
+        if context.args and context.args[0] in MODES:
+            self.memory.update_profile(key, mode=context.args[0])
+            await message.reply_text(t("mode_set", lang, mode=t(f"mode_{context.args[0]}", lang)))
+            return
+        current = self.memory.profile(key).mode
+        buttons = [[InlineKeyboardButton(t(f"mode_{m}", lang), callback_data=f"mode:{m}")] for m in MODES]
+        await message.reply_text(
+            t("mode_current", lang, mode=t(f"mode_{current}", lang)),
+            reply_markup=InlineKeyboardMarkup(buttons),
+        )
+
+    @guarded
+    async def cmd_reset(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        assert update.effective_user is not None and update.effective_message is not None
+        await self.service.call(self.memory.reset, self._thread(update))
+        await update.effective_message.reply_text(t("reset_done", self.language_of(update.effective_user)))
+
+    @guarded
+    async def cmd_forget(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        assert update.effective_user is not None and update.effective_message is not None
+        lang = self.language_of(update.effective_user)
+        buttons = [
+            [
+                InlineKeyboardButton(t("forget_yes", lang), callback_data="forget:yes"),
+                InlineKeyboardButton(t("forget_no", lang), callback_data="forget:no"),
+            ]
+        ]
+        await update.effective_message.reply_text(
+            t("forget_confirm", lang), reply_markup=InlineKeyboardMarkup(buttons)
+        )
+
+    @guarded
+    async def cmd_kb(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        user, message = update.effective_user, update.effective_message
+        assert user is not None and message is not None
+        key, lang = self._user(user), self.language_of(user)
+        args = context.args or []
+        if len(args) >= 2 and args[0].lower() == "remove":
+            name = " ".join(args[1:])
+            removed = await self.service.call(self.knowledge.remove_document, key, name)
+            await message.reply_text(t("kb_removed" if removed else "kb_not_found", lang, name=name))
+            return
+        documents = await self.service.call(self.knowledge.documents, key)
+        if not documents:
+            await message.reply_text(t("kb_empty", lang))
+            return
+        items = "\n".join(f"• {d.name} ({d.chunks})" for d in documents)
+        await message.reply_text(t("kb_list", lang, items=items))
+
+    @guarded
+    async def cmd_lang(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        user, message = update.effective_user, update.effective_message
+        assert user is not None and message is not None
+        choice = (context.args or [""])[0].lower()
+        if choice not in ("en", "zh"):
+            await message.reply_text(t("lang_bad", self.language_of(user)))
+            return
+        self.memory.update_profile(self._user(user), language=choice)
+        await message.reply_text(t("lang_set", choice))
+
+    @guarded
+    async def on_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        query, user = update.callback_query, update.effective_user
+        assert query is not None and user is not None
+        await query.answer()
+        key, lang = self._user(user), self.language_of(user)
+        kind, _, value = (query.data or "").partition(":")
+        if kind == "forget":
+            if value == "yes":
+                await self.service.call(self.memory.forget, key)
+                lang = user_language(user.language_code)  # the stored preference is gone too
+                await query.edit_message_text(t("forget_done", lang))
+            else:
+                await query.edit_message_text(t("forget_cancelled", lang))
+        elif kind == "mode" and value in MODES:
+            self.memory.update_profile(key, mode=value)
+            await query.edit_message_text(t("mode_set", lang, mode=t(f"mode_{value}", lang)))
+
+
+def _changed_voice(voice: VoiceSettings, args: list[str]) -> VoiceSettings | None:
+    """Apply `/voice rate +20` style arguments; None when they make no sense."""
+    what = args[0].lower()
+    if what == "reset":
+        return VoiceSettings()
+    if len(args) < 2:
+        return None
+    if what == "name":
+        return VoiceSettings(args[1], voice.rate, voice.volume, voice.pitch)
+    bounds = {"rate": (-50, 100), "pitch": (-50, 50), "volume": (10, 100)}
+    if what not in bounds:
+        return None
+    try:
+        value = int(args[1])
+    except ValueError:
+        return None
+    low, high = bounds[what]
+    if not low <= value <= high:
+        return None
+    return VoiceSettings(
+        voice.voice,
+        value if what == "rate" else voice.rate,
+        value if what == "volume" else voice.volume,
+        value if what == "pitch" else voice.pitch,
+    )

@@ -1,0 +1,504 @@
+"""The Telegram bot end to end: real python-telegram-bot against a fake Bot API server on 127.0.0.1.
+
+The pipeline behind it is real (TTS, renderer, encoder, memory, knowledge base); the hermetic tier
+swaps only the chat model for a rule-based one so answers are predictable. The real tier runs
+Whisper and Qwen on a spoken voice note.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from bots.service import ReplyService
+from bots.telegram.bot import TelegramBot
+from bots.telegram.options import TelegramOptions
+from knowledge.base import KnowledgeBase
+from memory.keys import user_key
+from memory.store import MemoryStore
+from pipeline.config import Settings, load_settings
+from pipeline.llm.base import ChatMessage
+from pipeline.media.ffmpeg import run_ffmpeg
+from pipeline.media.video_output import write_wav
+from pipeline.orchestrator import ReplyPipeline
+from pipeline.render.factory import build_renderer
+from pipeline.tts.factory import build_synthesizer
+from pipeline.types import VoiceSettings
+from tests.fakes.telegram_server import (
+    BOT_ID,
+    BOT_USERNAME,
+    TOKEN,
+    FakeBotApi,
+    callback_update,
+    command,
+    message_update,
+    user,
+)
+from tests.helpers import NoRecognizer, probe_mp4
+
+
+class RuleChat:
+    """A predictable chat model: recalls "my name is X" from the conversation, else a fixed line.
+
+    It records every prompt, so tests can see what context (memory, documents) reached the model.
+    """
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s
+        self.prompts: list[list[ChatMessage]] = []
+
+    def stream(
+        self, messages: Sequence[ChatMessage], *, max_tokens: int, temperature: float
+    ) -> Iterator[str]:
+        self.prompts.append(list(messages))
+        time.sleep(self.delay_s)
+        names = [
+            m for msg in messages if msg.role == "user" for m in re.findall(r"my name is (\w+)", msg.content)
+        ]
+        if "what is my name" in messages[-1].content.lower():
+            yield f"Your name is {names[-1]}." if names else "I don't know your name yet."
+        else:
+            yield "Nice to hear from you. Let me think about that."
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[FakeBotApi]:
+    api = FakeBotApi().start()
+    yield api
+    api.stop()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return load_settings(
+        environ={"TALKTWIN_PATHS__DATA_DIR": str(tmp_path / "data"), "TALKTWIN_RENDER__SIZE": "256"}
+    )
+
+
+@pytest.fixture(scope="module")
+def stages(tmp_path_factory: pytest.TempPathFactory):
+    """The expensive, stateless stages, shared by every test in this module."""
+    s = load_settings(
+        environ={
+            "TALKTWIN_RENDER__SIZE": "256",
+            "TALKTWIN_PATHS__DATA_DIR": str(tmp_path_factory.mktemp("d")),
+        }
+    )
+    return build_synthesizer(s), build_renderer(s)
+
+
+def options(server: FakeBotApi, **changes) -> TelegramOptions:
+    base = TelegramOptions(
+        token=TOKEN, api_base_url=server.base_url, file_base_url=server.file_base_url, progress_after_s=0
+    )
+    return replace(base, **changes)
+
+
+class Harness:
+    """One bot with its own data directory, run inside a scenario coroutine."""
+
+    def __init__(self, server: FakeBotApi, settings: Settings, stages, chat=None, recognizer=None, **opts):
+        self.server = server
+        self.chat = chat or RuleChat()
+        self.knowledge = KnowledgeBase.from_settings(settings)
+        self.memory = MemoryStore.from_settings(settings, knowledge=self.knowledge)
+        synthesizer, renderer = stages
+        self.pipeline = ReplyPipeline(
+            settings,
+            recognizer=recognizer or NoRecognizer(),
+            chat_model=self.chat,
+            synthesizer=synthesizer,
+            renderer=renderer,
+            context=self.memory,
+        )
+        opts.setdefault("max_pending", 3)
+        self.service = ReplyService(max_pending=opts["max_pending"], rate_limit=opts.pop("rate_limit", 30))
+        self.bot = TelegramBot(
+            options(server, **opts), self.pipeline, self.memory, self.knowledge, self.service
+        )
+
+    def run(self, scenario: Callable[[Harness], Awaitable[None]]) -> None:
+        async def main() -> None:
+            await self.bot.start()
+            try:
+                await scenario(self)
+            finally:
+                await self.bot.stop()
+                self.service.shutdown()
+                self.memory.close()
+
+        asyncio.run(main())
+
+    async def wait(self, method: str, count: int = 1, chat_id: int | None = None, timeout: float = 120):
+        return await asyncio.to_thread(self.server.wait_for, method, count, timeout, chat_id)
+
+    async def wait_texts(self, chat_id: int, *expected: str) -> list[str]:
+        return await asyncio.to_thread(self.server.wait_texts, chat_id, list(expected))
+
+
+def _photo(mirror: bool = False) -> bytes:
+    from pipeline.config import PROJECT_ROOT
+
+    img = Image.open(PROJECT_ROOT / "assets" / "avatar.jpg")
+    if mirror:
+        img = ImageOps.mirror(img).crop((20, 0, 512, 492))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def test_text_message_gets_a_square_video_note_with_audio(server, settings, stages):
+    alice = user(101)
+
+    async def scenario(h: Harness) -> None:
+        server.push(message_update(alice, text="Hello twin!"))
+        (call,) = await h.wait("sendVideoNote", chat_id=101)
+        info = probe_mp4_bytes(call.files["video_note"])
+        assert info.width == info.height == 256 and info.audio_codec == "aac" and info.duration <= 60
+        assert int(call.params["length"]) == 256
+        actions = [c.params["action"] for c in server.find("sendChatAction", 101)]
+        assert actions and set(actions) == {"record_video_note"}
+        menus = {c.params.get("language_code") for c in server.find("setMyCommands")}
+        assert {None, "zh"} <= menus
+
+    Harness(server, settings, stages).run(scenario)
+
+
+def test_commands_answer_in_the_users_language(server, settings, stages):
+    li = user(102, lang="zh-hans", name="李")
+
+    async def scenario(h: Harness) -> None:
+        server.push(message_update(li, **command("/start")))
+        (start,) = await h.wait("sendMessage", chat_id=102)
+        assert start.params["text"].startswith("你好，李！")
+        server.push(message_update(li, **command("/nonsense")))
+        await h.wait("sendMessage", 2, chat_id=102)
+        assert server.texts(102)[1] == "我不认识命令 /nonsense。/help 可以查看所有命令。"
+        server.push(message_update(li, **command("/lang en")))
+        server.push(message_update(li, **command("/voice rate +30")))
+        await h.wait("sendMessage", 4, chat_id=102)
+        assert server.texts(102)[2] == "I'll talk to you in English."
+        assert "rate +30%" in server.texts(102)[3]
+        assert h.memory.profile(user_key("telegram", 102)).voice.rate == 30
+        server.push(message_update(li, **command("/voice rate 900")))
+        await h.wait("sendMessage", 5, chat_id=102)
+        assert server.texts(102)[4].startswith("I didn't understand that.")
+
+    Harness(server, settings, stages).run(scenario)
+
+
+def test_photo_becomes_the_avatar_used_for_the_next_reply(server, settings, stages):
+    bob = user(103)
+    photo = _photo(mirror=True)
+
+    async def scenario(h: Harness) -> None:
+        server.push(message_update(bob, text="Hi"))
+        (before,) = await h.wait("sendVideoNote", chat_id=103)
+        server.push(
+            message_update(
+                bob,
+                photo=[
+                    {
+                        "file_id": server.add_file(photo),
+                        "file_unique_id": "p1",
+                        "width": 492,
+                        "height": 492,
+                        "file_size": len(photo),
+                    }
+                ],
+            )
+        )
+        await h.wait("sendVideoNote", 2, chat_id=103)  # the greeting with the new face
+        assert "Your new avatar is ready." in server.texts(103)
+        assert h.memory.avatar(user_key("telegram", 103)) == photo
+        server.push(message_update(bob, text="Hi again"))
+        after = (await h.wait("sendVideoNote", 3, chat_id=103))[2]
+        first = probe_mp4_bytes(before.files["video_note"]).frames[0].astype(float)
+        second = probe_mp4_bytes(after.files["video_note"]).frames[0].astype(float)
+        assert np.abs(first - second).mean() > 10  # a different picture, not the default avatar
+
+    Harness(server, settings, stages).run(scenario)
+
+
+def test_bad_inputs_get_clear_replies_and_the_bot_stays_up(server, settings, stages):
+    carol = user(104)
+    blank = io.BytesIO()
+    Image.new("RGB", (300, 300), (90, 120, 200)).save(blank, format="PNG")
+
+    async def scenario(h: Harness) -> None:
+        corrupt = server.add_file(b"OggS" + bytes(range(256)) * 8)
+        server.push(message_update(carol, voice={"file_id": corrupt, "file_unique_id": "c", "duration": 2}))
+        empty = server.add_file(b"")
+        server.push(message_update(carol, voice={"file_id": empty, "file_unique_id": "e", "duration": 1}))
+        server.push(
+            message_update(
+                carol,
+                voice={"file_id": "huge", "file_unique_id": "h", "duration": 300, "file_size": 300_000_000},
+            )
+        )
+        server.push(
+            message_update(
+                carol,
+                sticker={
+                    "file_id": "s",
+                    "file_unique_id": "s",
+                    "type": "regular",
+                    "width": 1,
+                    "height": 1,
+                    "is_animated": False,
+                    "is_video": False,
+                },
+            )
+        )
+        server.push(
+            message_update(
+                carol,
+                photo=[
+                    {
+                        "file_id": server.add_file(blank.getvalue()),
+                        "file_unique_id": "b",
+                        "width": 300,
+                        "height": 300,
+                    }
+                ],
+            )
+        )
+        server.push(message_update(carol, text="   "))
+        expected = [
+            "I could not read that audio. Please send a voice message or an audio file.",
+            "That recording is empty or silent. Please try again.",
+            "That file is too large (300.0 MB)",
+            "I can't use that kind of message.",
+            "I could not find a face in that photo.",
+            "Your message is empty.",
+        ]
+        await h.wait_texts(104, *expected)
+        assert "huge" not in [c.params.get("file_id") for c in server.find("getFile")]  # never downloaded
+        server.push(message_update(carol, text="Still there?"))
+        await h.wait("sendVideoNote", chat_id=104)
+
+    Harness(server, settings, stages).run(scenario)
+
+
+def test_two_users_interleaved_never_see_each_other(server, settings, stages):
+    ada, ben = user(105, name="Ada"), user(106, name="Ben")
+
+    async def scenario(h: Harness) -> None:
+        for u in (ada, ben):
+            server.push(message_update(u, **command("/mode text")))
+        await h.wait("sendMessage", 1, chat_id=105)
+        await h.wait("sendMessage", 1, chat_id=106)
+        server.push(message_update(ada, text="Hello, my name is Ada"))
+        server.push(message_update(ben, text="Hello, my name is Ben"))
+        server.push(message_update(ada, text="What is my name?"))
+        server.push(message_update(ben, text="What is my name?"))
+        ada_texts = await h.wait_texts(105, "Your name is Ada.")
+        ben_texts = await h.wait_texts(106, "Your name is Ben.")
+        assert not any("Ben" in x for x in ada_texts) and not any("Ada" in x for x in ben_texts)
+        for prompt in h.chat.prompts:
+            text = " ".join(m.content for m in prompt)
+            assert not ("Ada" in text and "Ben" in text)
+
+    Harness(server, settings, stages).run(scenario)
+
+
+def test_document_feeds_the_answer_and_forget_removes_everything(server, settings, stages):
+    dan, eve = user(107), user(108)
+    doc = b"Project Falcon notes.\nThe vault code for Project Falcon is 4711.\n"
+
+    async def scenario(h: Harness) -> None:
+        server.push(
+            message_update(
+                dan,
+                document={
+                    "file_id": server.add_file(doc),
+                    "file_unique_id": "d",
+                    "file_name": "falcon.txt",
+                    "mime_type": "text/plain",
+                    "file_size": len(doc),
+                },
+            )
+        )
+        (added,) = await h.wait("sendMessage", chat_id=107)
+        assert added.params["text"].startswith("I've read falcon.txt")
+        server.push(message_update(dan, text="What is the vault code for Project Falcon?"))
+        await h.wait("sendVideoNote", chat_id=107)
+        assert "4711" in h.chat.prompts[-1][0].content  # the passage reached the model, quoted
+        server.push(message_update(eve, text="What is the vault code for Project Falcon?"))
+        await h.wait("sendVideoNote", chat_id=108)
+        assert "4711" not in " ".join(m.content for m in h.chat.prompts[-1])  # not Eve's document
+
+        server.push(message_update(dan, **command("/forget")))
+        await h.wait("sendMessage", 2, chat_id=107)
+        keyboard = server.find("sendMessage", 107)[-1].params["reply_markup"]["inline_keyboard"]
+        assert keyboard[0][0]["callback_data"] == "forget:yes"
+        server.push(callback_update(dan, "forget:yes"))
+        (done,) = await h.wait("editMessageText", chat_id=107)
+        assert done.params["text"] == "Done. I've deleted all your data."
+        key = user_key("telegram", 107)
+        assert h.knowledge.documents(key) == [] and h.memory.avatar(key) is None
+        assert h.memory.export(key)["conversations"] in ([], {})
+
+    Harness(server, settings, stages).run(scenario)
+
+
+def test_groups_answer_only_when_addressed(server, settings, stages):
+    fay = user(109)
+    group = {"id": -100777, "type": "supergroup", "title": "Twins"}
+
+    async def scenario(h: Harness) -> None:
+        server.push(message_update(fay, chat=group, text="just chatting among humans"))
+        mention = f"@{BOT_USERNAME} hello"
+        server.push(
+            message_update(
+                fay,
+                chat=group,
+                text=mention,
+                entities=[{"type": "mention", "offset": 0, "length": len(BOT_USERNAME) + 1}],
+            )
+        )
+        await h.wait("sendVideoNote", chat_id=-100777)
+        reply_to_bot = {
+            "message_id": 1,
+            "date": 0,
+            "chat": group,
+            "from": {"id": BOT_ID, "is_bot": True, "first_name": "Twin"},
+        }
+        server.push(message_update(fay, chat=group, text="and you?", reply_to_message=reply_to_bot))
+        await h.wait("sendVideoNote", 2, chat_id=-100777)
+        await asyncio.sleep(1.0)
+        assert len(server.find("sendVideoNote", -100777)) == 2  # the unaddressed message got nothing
+        user_prompts = [p[-1].content for p in h.chat.prompts]
+        assert user_prompts == ["hello", "and you?"]
+
+    Harness(server, settings, stages).run(scenario)
+
+
+def test_a_second_message_is_queued_and_floods_are_refused(server, settings, stages):
+    gus = user(110)
+
+    async def scenario(h: Harness) -> None:
+        server.push(message_update(gus, text="first"))
+        server.push(message_update(gus, text="second"))
+        server.push(message_update(gus, text="third"))
+        await h.wait("sendVideoNote", 2, chat_id=110)
+        texts = server.texts(110)
+        assert "I'm still answering your previous message; this one is next." in texts
+        assert any(x.startswith("You're sending messages faster than I can answer.") for x in texts)
+
+    Harness(server, settings, stages, chat=RuleChat(delay_s=1.0), rate_limit=2).run(scenario)
+
+
+def test_webhook_mode_checks_the_secret(server, settings, stages, unused_tcp_port: int):
+    hal = user(111)
+
+    async def scenario(h: Harness) -> None:
+        assert server.webhook["url"] == "https://twin.example/telegram"
+        assert server.webhook["secret_token"] == "s3cret"
+        url = f"http://127.0.0.1:{unused_tcp_port}/telegram"
+        update = {"update_id": 1, **message_update(hal, **command("/help"))}
+        async with aiohttp.ClientSession() as http:
+            async with http.post(url, json=update, headers={"X-Telegram-Bot-Api-Secret-Token": "wrong"}) as r:
+                assert r.status == 403
+            async with http.post(
+                url, json=update, headers={"X-Telegram-Bot-Api-Secret-Token": "s3cret"}
+            ) as r:
+                assert r.status == 200
+        (help_text,) = await h.wait("sendMessage", chat_id=111)
+        assert help_text.params["text"].startswith("/avatar")
+
+    Harness(
+        server,
+        settings,
+        stages,
+        webhook_url="https://twin.example/telegram",
+        webhook_secret="s3cret",
+        webhook_port=unused_tcp_port,
+    ).run(scenario)
+
+
+@pytest.mark.real_models
+def test_voice_note_gets_a_video_note_answer(server, models_installed, stages, tmp_path: Path):
+    from pipeline.asr.whisper import WhisperRecognizer
+    from pipeline.llm.factory import build_chat_model
+
+    settings = load_settings(
+        environ={
+            "TALKTWIN_PATHS__DATA_DIR": str(tmp_path),
+            "TALKTWIN_RENDER__SIZE": "256",
+            "TALKTWIN_LLM__TEMPERATURE": "0",
+        }
+    )
+    synthesizer, _ = stages
+    speech = synthesizer.synthesize("What is the capital city of France?", "en", VoiceSettings())
+    write_wav(tmp_path / "q.wav", speech.audio)
+    run_ffmpeg(["-y", "-i", str(tmp_path / "q.wav"), "-c:a", "libopus", str(tmp_path / "q.ogg")])
+    voice = (tmp_path / "q.ogg").read_bytes()
+    ivy = user(112)
+
+    async def scenario(h: Harness) -> None:
+        server.push(
+            message_update(
+                ivy,
+                voice={
+                    "file_id": server.add_file(voice),
+                    "file_unique_id": "v",
+                    "duration": 2,
+                    "mime_type": "audio/ogg",
+                },
+            )
+        )
+        (note,) = await h.wait("sendVideoNote", chat_id=112, timeout=180)
+        info = probe_mp4_bytes(note.files["video_note"])
+        assert info.width == info.height and info.audio_codec == "aac" and 1 < info.duration <= 60
+        heard = h.chat.prompts[-1][-1].content.lower()  # what Whisper made of the voice note
+        assert "capital" in heard and "".join(h.chat_answers).strip()
+
+    whisper = WhisperRecognizer(str(settings.resolve(settings.asr.model)))
+    chat = AnswerRecorder(build_chat_model(settings))
+    harness = Harness(server, settings, stages, chat=chat, recognizer=whisper)
+    harness.chat_answers = chat.answers
+    harness.run(scenario)
+
+
+class AnswerRecorder:
+    """Wraps a real chat model and keeps what it said."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.answers: list[str] = []
+        self.prompts: list[list[ChatMessage]] = []
+
+    def stream(self, messages, *, max_tokens, temperature):
+        self.prompts.append(list(messages))
+        for piece in self.model.stream(messages, max_tokens=max_tokens, temperature=temperature):
+            self.answers.append(piece)
+            yield piece
+
+
+def probe_mp4_bytes(data: bytes):
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".mp4") as f:
+        f.write(data)
+        f.flush()
+        return probe_mp4(Path(f.name))
+
+
+@pytest.fixture
+def unused_tcp_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
