@@ -502,3 +502,99 @@ def unused_tcp_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class LongChat(RuleChat):
+    """Answers with a fixed text (long ones included) and records prompts."""
+
+    def __init__(self, answer: str) -> None:
+        super().__init__()
+        self.answer = answer
+
+    def stream(
+        self, messages: Sequence[ChatMessage], *, max_tokens: int, temperature: float
+    ) -> Iterator[str]:
+        self.prompts.append(list(messages))
+        yield from (w + " " for w in self.answer.split(" "))
+
+
+def test_reply_modes_video_voice_and_long_answers(server, settings, stages):
+    jo = user(113)
+    sentence = "This is a rather long answer that keeps going so that the video gets longer than a minute. "
+    long_answer = sentence * 14  # about 70 s of speech
+
+    async def scenario(h: Harness) -> None:
+        server.push(message_update(jo, text="Tell me everything."))  # video-note mode, answer over 60 s
+        (video,) = await h.wait("sendVideo", chat_id=113, timeout=240)
+        assert video.params["caption"].startswith(long_answer[:1000].strip()[:50])
+        assert len(video.params["caption"]) <= 1024
+        assert server.find("sendVideoNote", 113) == []
+        info = probe_mp4_bytes(video.files["video"])
+        assert info.duration > 60 and info.width == info.height
+        full = await h.wait_texts(113, long_answer.strip()[:100])  # the rest of a caption-sized answer
+        assert any(len(x) > 1024 for x in full)
+        h.chat.answer = "Short and sweet."
+        server.push(message_update(jo, **command("/mode voice")))
+        await h.wait_texts(113, "Replies will now come as: voice message.")
+        server.push(message_update(jo, text="Again, briefly."))
+        (voice,) = await h.wait("sendVoice", chat_id=113)
+        assert voice.params["caption"] == "Short and sweet." and voice.files["voice"][:4] == b"OggS"
+
+    Harness(server, settings, stages, chat=LongChat(long_answer)).run(scenario)
+
+
+def test_kb_reset_and_avatar_commands(server, settings, stages):
+    kim = user(114)
+    doc = b"Kim's garden has seven apple trees."
+
+    async def scenario(h: Harness) -> None:
+        key = user_key("telegram", 114)
+        server.push(
+            message_update(
+                kim,
+                document={
+                    "file_id": server.add_file(doc),
+                    "file_unique_id": "k",
+                    "file_name": "../../etc/garden notes.txt",
+                    "file_size": len(doc),
+                },
+            )
+        )
+        await h.wait_texts(114, "I've read")
+        (name,) = [d.name for d in h.knowledge.documents(key)]
+        assert "/" not in name and ".." not in name  # the user's file name never reaches a path
+        server.push(message_update(kim, **command("/kb")))
+        await h.wait_texts(114, "Your documents:")
+        server.push(message_update(kim, **command(f"/kb remove {name}")))
+        await h.wait_texts(114, f"Removed {name}.")
+        assert h.knowledge.documents(key) == []
+        server.push(message_update(kim, **command("/kb remove nothing.txt")))
+        await h.wait_texts(114, "You have no document called nothing.txt.")
+
+        h.memory.record_turn(key, key, "My name is Kim", "Hello Kim.")
+        server.push(message_update(kim, **command("/reset")))
+        await h.wait_texts(114, "OK, a fresh start.")
+        assert h.memory.context_for(key, key, "What is my name?").history == ()
+
+        h.memory.set_avatar(key, _photo(mirror=True))
+        server.push(message_update(kim, **command("/avatar")))
+        (shown,) = await h.wait("sendPhoto", chat_id=114)
+        assert shown.files["photo"] == _photo(mirror=True)
+        server.push(message_update(kim, **command("/avatar reset")))
+        await h.wait_texts(114, "Back to the default avatar.")
+        assert h.memory.avatar(key) is None
+
+    Harness(server, settings, stages).run(scenario)
+
+
+def test_allow_list_keeps_strangers_out(server, settings, stages):
+    friend, stranger = user(115), user(116)
+
+    async def scenario(h: Harness) -> None:
+        server.push(message_update(stranger, text="Hi, who are you?"))
+        server.push(message_update(friend, **command("/help")))
+        await h.wait_texts(116, "Sorry, this bot is private.")
+        await h.wait_texts(115, "/avatar")
+        assert h.chat.prompts == [] and server.find("sendVideoNote", 116) == []
+
+    Harness(server, settings, stages, allowed_users=frozenset({115})).run(scenario)
