@@ -17,7 +17,6 @@ from pathlib import Path
 from pipeline.config import Settings, load_settings
 from pipeline.errors import ConfigError, TalkTwinError
 
-SAMPLE_QUESTION = "Hello! Who are you, and what can you do for me?"
 log = logging.getLogger("talktwin")
 
 
@@ -65,28 +64,11 @@ def main(argv: list[str] | None = None) -> int:
         return models_command(settings, args.action)
     if args.command == "reply":
         return reply_command(settings, args)
-    # No command: the service, when a bot has credentials; otherwise one sample answer
-    from bots.runtime import configured_adapters, serve
+    # No command: the service (web page and API, plus every bot that has a token)
+    from bots.runtime import serve
 
-    if configured_adapters(settings, os.environ):
-        asyncio.run(serve(settings))
-        return 0
-    out = settings.resolve("out/sample_reply.mp4")
-    print(
-        "No bot token set (TELEGRAM_BOT_TOKEN), so no bot starts; answering a sample question into "
-        f"{out} instead.",
-        file=sys.stderr,
-    )
-    sample = argparse.Namespace(
-        text=SAMPLE_QUESTION,
-        audio=None,
-        avatar=None,
-        user="cli:sample",
-        format=None,
-        subtitles=None,
-        output=out,
-    )
-    return reply_command(settings, sample)
+    asyncio.run(serve(settings))
+    return 0
 
 
 def models_command(settings: Settings, action: str) -> int:

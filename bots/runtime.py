@@ -1,7 +1,8 @@
 """The service: load every model once, start each adapter that has credentials, stop cleanly.
 
-`python run_bots.py` runs this. Telegram starts when TELEGRAM_BOT_TOKEN is set. SIGINT/SIGTERM stop
-taking updates, let the reply in work finish, then exit.
+`python run_bots.py` runs this. The HTTP API and web page always run (127.0.0.1:7870 by default);
+Telegram starts when TELEGRAM_BOT_TOKEN is set. SIGINT/SIGTERM stop taking updates, let the reply
+in work finish, then exit.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from bots.http.app import HttpOptions
+from bots.http.server import HttpServer
 from bots.service import ReplyService
 from bots.telegram.bot import TelegramBot
 from bots.telegram.options import TelegramOptions
@@ -57,8 +60,9 @@ def configured_adapters(settings: Settings, environ: Mapping[str, str]) -> list[
 async def serve(settings: Settings, environ: Mapping[str, str] | None = None) -> None:
     """Run every configured adapter until SIGINT/SIGTERM."""
     environ = os.environ if environ is None else environ
+    http = HttpOptions.from_env(environ)  # refuses an open address without API keys, before loading
     components = Components.load(settings)
-    adapters = []
+    adapters: list = [HttpServer(http, components)]
     telegram = TelegramOptions.from_env(environ, settings)
     if telegram is not None:
         adapters.append(

@@ -18,6 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from bots.metrics import Metrics
+from pipeline.errors import TalkTwinError
+
 T = TypeVar("T")
 
 
@@ -54,6 +57,13 @@ class ReplyService:
         self._users: dict[str, _UserState] = {}
         self._guard = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reply-worker")
+        self.metrics = Metrics()
+        self.metrics.track_queue(self.queue_depth)
+
+    def queue_depth(self) -> int:
+        """Jobs admitted and not finished yet, across users."""
+        with self._guard:
+            return sum(state.pending for state in self._users.values())
 
     def admit(self, user: str) -> tuple[Admission, float]:
         """Decide whether `user` may start a job now; returns the verdict and, when rate-limited,
@@ -64,8 +74,10 @@ class ReplyService:
             while state.recent and now - state.recent[0] >= self.rate_window_s:
                 state.recent.popleft()
             if len(state.recent) >= self.rate_limit:
+                self.metrics.count("rate_limited")
                 return Admission.RATE_LIMITED, self.rate_window_s - (now - state.recent[0])
             if state.pending >= self.max_pending:
+                self.metrics.count("busy")
                 return Admission.BUSY, 0.0
             state.recent.append(now)
             state.pending += 1
@@ -74,11 +86,21 @@ class ReplyService:
     async def run(self, user: str, fn: Callable[..., T], *args: object) -> T:
         """Run an admitted job on the worker thread, after the user's earlier jobs."""
         state = self._users[user]
+        outcome = "failed"
         try:
             async with state.lock:
                 loop = asyncio.get_running_loop()
-                return await loop.run_in_executor(self._executor, lambda: fn(*args))
+                result = await loop.run_in_executor(self._executor, lambda: fn(*args))
+            outcome = "ok"
+            timings = getattr(result, "timings", None)
+            if timings is not None:
+                self.metrics.observe_stages(timings.seconds)
+            return result
+        except TalkTwinError:
+            outcome = "user_error"
+            raise
         finally:
+            self.metrics.count(outcome)
             with self._guard:
                 state.pending -= 1
 

@@ -1,0 +1,165 @@
+"""The HTTP API and web page (FastAPI), over the real pipeline with a scripted chat model."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from bots.http.app import HttpOptions, create_app
+from bots.runtime import Components
+from bots.service import ReplyService
+from memory.keys import user_key
+from memory.store import MemoryStore
+from pipeline.config import load_settings
+from pipeline.errors import ConfigError
+from pipeline.orchestrator import ReplyPipeline
+from pipeline.render.factory import build_renderer
+from pipeline.tts.factory import build_synthesizer
+from tests.helpers import NoRecognizer, ScriptedChat, probe_mp4
+
+
+@pytest.fixture(scope="module")
+def stages(tmp_path_factory: pytest.TempPathFactory):
+    s = load_settings(
+        environ={
+            "TALKTWIN_RENDER__SIZE": "256",
+            "TALKTWIN_PATHS__DATA_DIR": str(tmp_path_factory.mktemp("d")),
+        }
+    )
+    return build_synthesizer(s), build_renderer(s)
+
+
+def make_components(tmp_path: Path, stages, **env: str) -> Components:
+    settings = load_settings(
+        environ={"TALKTWIN_PATHS__DATA_DIR": str(tmp_path / "data"), "TALKTWIN_RENDER__SIZE": "256", **env}
+    )
+    memory = MemoryStore.from_settings(settings)
+    synthesizer, renderer = stages
+    pipeline = ReplyPipeline(
+        settings,
+        recognizer=NoRecognizer(),
+        chat_model=ScriptedChat("Paris, of course."),
+        synthesizer=synthesizer,
+        renderer=renderer,
+        context=memory,
+    )
+    return Components(pipeline, memory, memory.knowledge, ReplyService(max_pending=1))
+
+
+@pytest.fixture
+def components(tmp_path: Path, stages) -> Iterator[Components]:
+    c = make_components(tmp_path, stages)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def client(components: Components) -> Iterator[TestClient]:
+    with TestClient(create_app(components, HttpOptions())) as c:
+        yield c
+
+
+def test_text_question_returns_answer_and_a_playable_video(client: TestClient, tmp_path: Path):
+    r = client.post("/v1/reply", data={"user": "alice", "text": "What is the capital of France?"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["answer"] == "Paris, of course." and body["question"] == "What is the capital of France?"
+    assert body["transcript"] is None and body["format"] == "video" and body["timings"]["total"] > 0
+    video = client.get(body["media_url"])
+    assert video.status_code == 200 and video.headers["content-type"] == "video/mp4"
+    (tmp_path / "a.mp4").write_bytes(video.content)
+    info = probe_mp4(tmp_path / "a.mp4")
+    assert info.video_codec == "h264" and info.audio_codec == "aac"
+    assert info.duration == pytest.approx(body["duration"], abs=0.2)
+
+
+def test_accept_video_mp4_returns_the_file_itself(client: TestClient):
+    r = client.post("/v1/reply", data={"user": "bob", "text": "Hi"}, headers={"Accept": "video/mp4"})
+    assert r.status_code == 200 and r.headers["content-type"] == "video/mp4" and r.content[4:8] == b"ftyp"
+
+
+@pytest.mark.parametrize(
+    ("data", "files", "status"),
+    [
+        ({"user": "carol"}, None, 422),  # neither text nor audio
+        ({"user": "../../etc", "text": "hi"}, None, 422),  # user ids never reach a path
+        ({"user": "carol", "text": "hi", "format": "gif"}, None, 422),
+    ],
+)
+def test_malformed_requests_are_refused(client: TestClient, data, files, status):
+    assert client.post("/v1/reply", data=data, files=files).status_code == status
+
+
+def test_user_errors_come_back_typed_in_the_users_language(client: TestClient, avatar_bytes: bytes):
+    r = client.post("/v1/reply", data={"user": "dan", "text": "   "}, headers={"Accept-Language": "zh-CN"})
+    assert r.status_code == 400
+    assert r.json() == {"error": "empty_text", "message": "消息是空的，请输入文字或发送语音。"}
+    r = client.post("/v1/reply", data={"user": "dan"}, files={"audio": ("q.ogg", b"not audio", "audio/ogg")})
+    assert r.status_code == 400 and r.json()["error"] == "unreadable_audio"
+
+
+def test_avatar_upload_checks_for_a_face_and_forget_deletes_the_user(
+    client: TestClient, components: Components, avatar_bytes: bytes
+):
+    blank = io.BytesIO()
+    Image.new("RGB", (200, 200), (30, 30, 30)).save(blank, format="PNG")
+    r = client.put("/v1/users/erin/avatar", files={"image": ("x.png", blank.getvalue(), "image/png")})
+    assert r.status_code == 400 and r.json()["error"] == "no_face"
+    r = client.put("/v1/users/erin/avatar", files={"image": ("me.jpg", avatar_bytes, "image/jpeg")})
+    assert r.status_code == 200
+    assert components.memory.avatar(user_key("http", "erin")) == avatar_bytes
+    assert client.post("/v1/reply", data={"user": "erin", "text": "Hello"}).status_code == 200
+    assert client.delete("/v1/users/erin").json() == {"user": "erin", "deleted": True}
+    assert components.memory.avatar(user_key("http", "erin")) is None
+    assert components.memory.export(user_key("http", "erin"))["conversations"] in ([], {})
+
+
+def test_uploads_over_the_limit_are_refused(tmp_path: Path, stages):
+    components = make_components(tmp_path, stages, TALKTWIN_LIMITS__MAX_UPLOAD_MB="0.01")
+    with TestClient(create_app(components, HttpOptions())) as client:
+        r = client.post(
+            "/v1/reply", data={"user": "fay"}, files={"audio": ("a.ogg", b"\0" * 20_000, "audio/ogg")}
+        )
+    components.close()
+    assert r.status_code == 413 and r.json()["error"] == "file_too_large"
+
+
+def test_a_busy_user_gets_429_with_retry_after(client: TestClient, components: Components):
+    components.service.admit(user_key("http", "gus"))  # a job of theirs is in work
+    r = client.post("/v1/reply", data={"user": "gus", "text": "Hi"})
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+
+
+def test_media_names_are_checked(client: TestClient):
+    assert client.get("/v1/media/..%2F..%2Fetc%2Fpasswd").status_code == 404
+    assert client.get("/v1/media/" + "0" * 32 + ".mp4").status_code == 404
+
+
+def test_health_metrics_docs_and_page(client: TestClient):
+    client.post("/v1/reply", data={"user": "hal", "text": "Hi"})
+    assert client.get("/healthz").json()["status"] == "ok"
+    metrics = client.get("/metrics").text
+    assert 'talktwin_jobs_total{outcome="ok"} 1.0' in metrics
+    assert 'talktwin_stage_seconds_count{stage="render"} 1.0' in metrics and "talktwin_queue_depth" in metrics
+    assert "/v1/reply" in client.get("/openapi.json").json()["paths"]
+    page = client.get("/")
+    assert page.status_code == 200 and "MediaRecorder" in page.text and "/v1/reply" in page.text
+
+
+def test_api_keys_are_required_beyond_loopback(components: Components):
+    with pytest.raises(ConfigError, match="TALKTWIN_API_KEYS"):
+        HttpOptions.from_env({"TALKTWIN_HTTP_HOST": "0.0.0.0"})
+    options = HttpOptions.from_env({"TALKTWIN_HTTP_HOST": "0.0.0.0", "TALKTWIN_API_KEYS": "k1, k2"})
+    with TestClient(create_app(components, options)) as client:
+        assert client.post("/v1/reply", data={"user": "ivy", "text": "Hi"}).status_code == 401
+        assert client.get("/metrics", headers={"X-API-Key": "nope"}).status_code == 401
+        ok = client.post(
+            "/v1/reply", data={"user": "ivy", "text": "Hi"}, headers={"Authorization": "Bearer k2"}
+        )
+        assert ok.status_code == 200
+        assert client.get("/healthz").status_code == 200  # health stays open for load balancers
