@@ -9,13 +9,20 @@ TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= llamacpp,models,dev
 DEPS_STAMP := $(VENV)/.deps-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test install models lint bench clean-venv
+.PHONY: run test install models browser lint bench clean-venv
 
 run: install
 	$(BIN)/python run_bots.py $(ARGS)
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The web page's end-to-end test drives Debian's Chromium (no browser download from anywhere else).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	  else echo "note: install Debian's chromium and chromium-driver for the browser test"; fi; }
 
 install: $(DEPS_STAMP) models
 
