@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from bots.http.app import HttpOptions
 from bots.http.server import HttpServer
+from bots.jobs import JobStore
 from bots.service import ReplyService
 from bots.telegram.bot import TelegramBot
 from bots.telegram.options import TelegramOptions
@@ -35,6 +36,7 @@ class Components:
     memory: MemoryStore
     knowledge: KnowledgeBase
     service: ReplyService
+    jobs: JobStore
 
     @classmethod
     def load(cls, settings: Settings) -> Components:
@@ -46,7 +48,8 @@ class Components:
             log.info("shared knowledge folder %s: %s", folder, memory.knowledge.sync_shared(folder))
         tg = settings.telegram
         service = ReplyService(max_pending=tg.max_pending, rate_limit=tg.rate_limit_per_minute)
-        return cls(pipeline, memory, memory.knowledge, service)
+        jobs = JobStore(memory.engine, settings.resolve(settings.paths.data_dir) / "jobs")
+        return cls(pipeline, memory, memory.knowledge, service, jobs)
 
     def close(self) -> None:
         self.service.shutdown()
@@ -67,7 +70,12 @@ async def serve(settings: Settings, environ: Mapping[str, str] | None = None) ->
     if telegram is not None:
         adapters.append(
             TelegramBot(
-                telegram, components.pipeline, components.memory, components.knowledge, components.service
+                telegram,
+                components.pipeline,
+                components.memory,
+                components.knowledge,
+                components.service,
+                components.jobs,
             )
         )
     stop = asyncio.Event()

@@ -142,9 +142,47 @@ TEXTS: dict[str, dict[str, str]] = {
     },
     "lang_set": {"en": "I'll talk to you in English.", "zh": "我会用中文和你交流。"},
     "lang_bad": {"en": "Use /lang en or /lang zh.", "zh": "请使用 /lang en 或 /lang zh。"},
+    "job_lost": {
+        "en": "Sorry, I couldn't answer one of your earlier messages. Please send it again.",
+        "zh": "抱歉，我没能回答你之前的一条消息，请再发一次。",
+    },
     "answer_too_big": {
         "en": "The video came out too large to send, so here is the answer as voice and text.",
         "zh": "视频太大无法发送，这是语音和文字版的回答。",
+    },
+    # ---- Discord (slash-command syntax differs from Telegram's)
+    "dc_cmd_ask": {"en": "Ask your twin; the answer comes as a video", "zh": "向你的分身提问，以视频回答"},
+    "dc_cmd_avatar": {
+        "en": "Show your avatar, set it from a photo, or reset it",
+        "zh": "查看头像、用照片设置头像或恢复默认",
+    },
+    "dc_cmd_voice": {
+        "en": "Voice, rate, pitch and volume of your twin",
+        "zh": "分身的声音、语速、音调和音量",
+    },
+    "dc_cmd_mode": {"en": "Reply as video, voice or text", "zh": "回复方式：视频、语音或文字"},
+    "dc_cmd_reset": {"en": "Start a new conversation here", "zh": "在这里开始新对话"},
+    "dc_cmd_forget": {"en": "Delete all your data", "zh": "删除你的全部数据"},
+    "dc_cmd_kb": {"en": "List or remove your documents", "zh": "查看或删除你的文档"},
+    "dc_avatar_hint": {
+        "en": "To make a photo your avatar, send it with the word avatar, or use /avatar image.",
+        "zh": "要把照片设为头像，请在发送时附上 avatar 一词，或使用 /avatar image。",
+    },
+    "dc_avatar_current": {
+        "en": "This is your avatar. /avatar reset:True goes back to the default.",
+        "zh": "这是你的头像。/avatar reset:True 可恢复默认头像。",
+    },
+    "dc_voice_current": {
+        "en": "Voice: {voice}; rate {rate:+d}%, pitch {pitch:+d} Hz, volume {volume}.\nChange with /voice rate:20 pitch:-10 volume:80 name:NAME, or /voice reset:True.",
+        "zh": "声音：{voice}；语速 {rate:+d}%，音调 {pitch:+d} Hz，音量 {volume}。\n修改：/voice rate:20 pitch:-10 volume:80 name:名称，或 /voice reset:True。",
+    },
+    "dc_cooldown": {
+        "en": "One moment please: you can send the next message in {seconds} s.",
+        "zh": "请稍等：{seconds} 秒后可以发送下一条消息。",
+    },
+    "dc_unsupported": {
+        "en": "I can't use that file. Send text, a voice message or audio file, a photo, or a document (txt, md, pdf, docx, html).",
+        "zh": "我无法使用这个文件。请发送文字、语音或音频文件、照片，或文档（txt、md、pdf、docx、html）。",
     },
 }
 

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from bots.http.app import HttpOptions, create_app
+from bots.jobs import JobStore
 from bots.runtime import Components
 from bots.service import ReplyService
 from memory.keys import user_key
@@ -48,7 +49,8 @@ def make_components(tmp_path: Path, stages, **env: str) -> Components:
         renderer=renderer,
         context=memory,
     )
-    return Components(pipeline, memory, memory.knowledge, ReplyService(max_pending=1))
+    jobs = JobStore(memory.engine, tmp_path / "data" / "jobs")
+    return Components(pipeline, memory, memory.knowledge, ReplyService(max_pending=1), jobs)
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+from bots.jobs import JobStore
 from bots.service import ReplyService
 from bots.telegram.bot import TelegramBot
 from bots.telegram.options import TelegramOptions
@@ -123,8 +124,9 @@ class Harness:
         )
         opts.setdefault("max_pending", 3)
         self.service = ReplyService(max_pending=opts["max_pending"], rate_limit=opts.pop("rate_limit", 30))
+        self.jobs = JobStore(self.memory.engine, settings.resolve(settings.paths.data_dir) / "jobs")
         self.bot = TelegramBot(
-            options(server, **opts), self.pipeline, self.memory, self.knowledge, self.service
+            options(server, **opts), self.pipeline, self.memory, self.knowledge, self.service, self.jobs
         )
 
     def run(self, scenario: Callable[[Harness], Awaitable[None]]) -> None:
@@ -598,3 +600,103 @@ def test_allow_list_keeps_strangers_out(server, settings, stages):
         assert h.chat.prompts == [] and server.find("sendVideoNote", 116) == []
 
     Harness(server, settings, stages, allowed_users=frozenset({115})).run(scenario)
+
+
+def test_a_redelivered_update_is_answered_once(server, settings, stages):
+    kay = user(117)
+
+    async def scenario(h: Harness) -> None:
+        update = message_update(kay, text="Only once, please.")
+        server.push(update)
+        server.push(update)  # Telegram redelivers when a crash kept the offset from being confirmed
+        await h.wait("sendVideoNote", chat_id=117)
+        await asyncio.sleep(2.0)
+        assert len(server.find("sendVideoNote", 117)) == 1 and len(h.chat.prompts) == 1
+
+    Harness(server, settings, stages).run(scenario)
+
+
+def test_jobs_interrupted_by_a_crash_are_answered_after_restart(server, settings, stages):
+    harness = Harness(server, settings, stages)
+    # what a crashed process left behind: one job started once, one that already failed twice
+    first = harness.jobs.accept(
+        "telegram", 118, 5001, user_key("telegram", 118), user_key("telegram", 118), text="Are you back?"
+    )
+    harness.jobs.start(first)
+    second = harness.jobs.accept(
+        "telegram",
+        119,
+        5002,
+        user_key("telegram", 119),
+        user_key("telegram", 119),
+        text="This one keeps crashing.",
+    )
+    harness.jobs.start(second)
+    harness.jobs.start(second)
+
+    async def scenario(h: Harness) -> None:
+        (note,) = await h.wait("sendVideoNote", chat_id=118)
+        assert note.params["reply_parameters"]["message_id"] == 5001
+        await h.wait_texts(119, "Sorry, I couldn't answer one of your earlier messages.")
+        assert [p[-1].content for p in h.chat.prompts] == ["Are you back?"]
+        for _ in range(50):  # both are marked finished right after their message went out
+            if not h.jobs.unfinished("telegram"):
+                break
+            await asyncio.sleep(0.1)
+        assert h.jobs.unfinished("telegram") == []
+
+    harness.run(scenario)
+
+
+@pytest.mark.real_models
+def test_killed_mid_reply_the_service_answers_exactly_once_after_restart(server, models_installed, tmp_path):
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from pipeline.config import PROJECT_ROOT
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "TELEGRAM_BOT_TOKEN": TOKEN,
+        "TELEGRAM_API_BASE_URL": server.base_url,
+        "TELEGRAM_FILE_BASE_URL": server.file_base_url,
+        "TALKTWIN_PATHS__DATA_DIR": str(tmp_path),
+        "TALKTWIN_HTTP_PORT": str(port),
+        "TALKTWIN_RENDER__SIZE": "256",
+        "TALKTWIN_LLM__MAX_TOKENS": "200",
+        "TALKTWIN_OUTPUT__FORMAT": "video",
+    }
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, str(PROJECT_ROOT / "run_bots.py")],
+            env=env,
+            cwd=PROJECT_ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    ned = user(120)
+    service = start()
+    try:
+        server.push(message_update(ned, text="Please tell me a long story about a lighthouse keeper."))
+        server.wait_for("sendChatAction", chat_id=120, timeout=120)  # the reply is in work
+        service.kill()  # kill -9, mid-reply
+        service.wait(10)
+        assert server.find("sendVideoNote", 120) == []
+        service = start()
+        server.wait_for("sendVideoNote", chat_id=120, timeout=180)
+        time.sleep(3)
+        assert len(server.find("sendVideoNote", 120)) == 1
+    finally:
+        service.send_signal(signal.SIGTERM)
+        try:
+            assert service.wait(60) == 0  # a clean stop on SIGTERM
+        finally:
+            service.kill()

@@ -6,6 +6,7 @@ admits the job through the shared ReplyService, and sends back what the pipeline
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import tempfile
@@ -31,6 +32,7 @@ from telegram.ext import (
     filters,
 )
 
+from bots.jobs import MAX_ATTEMPTS, JobStore
 from bots.service import Admission, ReplyService
 from bots.telegram.delivery import keep_chat_action, send_result
 from bots.telegram.options import TelegramOptions
@@ -84,13 +86,21 @@ class TelegramBot:
     """Builds and runs the python-telegram-bot Application for TalkTwin."""
 
     def __init__(
-        self, options: TelegramOptions, pipeline: ReplyPipeline, memory, knowledge, service: ReplyService
+        self,
+        options: TelegramOptions,
+        pipeline: ReplyPipeline,
+        memory,
+        knowledge,
+        service: ReplyService,
+        jobs: JobStore,
     ):
         self.options = options
         self.pipeline = pipeline
         self.memory = memory
         self.knowledge = knowledge
         self.service = service
+        self.jobs = jobs
+        self._resuming: asyncio.Task | None = None
         self.app = self._build()
 
     # ------------------------------------------------------------------ lifecycle
@@ -135,6 +145,7 @@ class TelegramBot:
             )
         else:
             await self.app.updater.start_polling(allowed_updates=Update.ALL_TYPES)
+        self._resuming = asyncio.create_task(self._resume())
         log.info(
             "telegram bot @%s running (%s)",
             self.app.bot.username,
@@ -142,6 +153,8 @@ class TelegramBot:
         )
 
     async def stop(self) -> None:
+        if self._resuming is not None:
+            await self._resuming
         if self.app.updater is not None and self.app.updater.running:
             await self.app.updater.stop()
         if self.app.running:
@@ -232,11 +245,13 @@ class TelegramBot:
         lang = self.language_of(update.effective_user)
         await self.service.call(self.pipeline.prepare_avatar, image)  # raises NoFaceFound and friends
         await self.service.call(self.memory.set_avatar, user, image)
+        request = self._request(update, format="video")
         await self._run_job(
-            update,
-            lambda out: self.pipeline.speak(
-                t("avatar_greeting", lang), self._request(update, format="video"), out
-            ),
+            message.chat_id,
+            message.message_id,
+            user,
+            lang,
+            lambda out: self.pipeline.speak(t("avatar_greeting", lang), request, out),
             notice=t("avatar_set", lang),
         )
 
@@ -281,55 +296,122 @@ class TelegramBot:
         )
 
     # ------------------------------------------------------------------ replies
-    def _request(self, update: Update, **fields) -> ReplyRequest:
-        assert update.effective_user is not None
-        user = self._user(update.effective_user)
+    def _request_for(self, user: str, conversation: str, **fields) -> ReplyRequest:
         profile = self.memory.profile(user)
         fields.setdefault("format", "video" if profile.mode == "video_note" else profile.mode)
         return ReplyRequest(
             user=user,
-            conversation=self._thread(update),
+            conversation=conversation,
             avatar=self.memory.avatar(user),
             voice=profile.voice,
             **fields,
         )
 
-    async def _answer(self, update: Update, **content) -> None:
-        await self._run_job(update, lambda out: self.pipeline.reply(self._request(update, **content), out))
+    def _request(self, update: Update, **fields) -> ReplyRequest:
+        assert update.effective_user is not None
+        return self._request_for(self._user(update.effective_user), self._thread(update), **fields)
 
-    async def _run_job(self, update: Update, job: Callable[[Path], object], notice: str = "") -> None:
-        """Admit, run on the worker with a chat action kept alive, then send the result."""
+    async def _answer(self, update: Update, **content) -> None:
+        """Record the message as a durable job first, then answer it; a redelivered update is skipped."""
         message, user = update.effective_message, update.effective_user
         assert message is not None and user is not None
-        key, lang = self._user(user), self.language_of(user)
+        key, thread = self._user(user), self._thread(update)
+        job_id = await self.service.call(
+            lambda: self.jobs.accept(PLATFORM, message.chat_id, message.message_id, key, thread, **content)
+        )
+        if job_id is None:
+            log.info(
+                "message %s in chat %s was already accepted; not answering twice",
+                message.message_id,
+                message.chat_id,
+            )
+            return
+        try:
+            await self._run_job(
+                message.chat_id,
+                message.message_id,
+                key,
+                self.language_of(user),
+                lambda out: self.pipeline.reply(self._request_for(key, thread, **content), out),
+                job_id=job_id,
+            )
+        finally:
+            self.jobs.finish(job_id)
+
+    async def _resume(self) -> None:
+        """Answer the jobs a crash interrupted; tell the user about those that keep failing."""
+        for job in await self.service.call(self.jobs.unfinished, PLATFORM):
+            chat_id, reply_to = int(job.chat_id), int(job.message_id)
+            lang = user_language(None, self.memory.profile(job.user).language)
+            content = {"text": job.text} if job.text is not None else {"audio": job.audio}
+            try:
+                if job.attempts >= MAX_ATTEMPTS or (job.text is None and job.audio is None):
+                    await self.app.bot.send_message(chat_id, t("job_lost", lang))
+                    continue
+                log.info("resuming job %s for %s", job.id, job.user)
+                await self._run_job(
+                    chat_id,
+                    reply_to,
+                    job.user,
+                    lang,
+                    lambda out, job=job, content=content: self.pipeline.reply(
+                        self._request_for(job.user, job.conversation, **content), out
+                    ),
+                    job_id=job.id,
+                )
+            except TalkTwinError as e:
+                await self.app.bot.send_message(chat_id, e.user_message(lang))
+            except Exception:
+                log.exception("resumed job %s failed", job.id)
+                await self.app.bot.send_message(chat_id, InternalFailure().user_message(lang))
+            finally:
+                self.jobs.finish(job.id)
+
+    async def _run_job(
+        self,
+        chat_id: int,
+        reply_to: int | None,
+        key: str,
+        lang: str,
+        job: Callable[[Path], object],
+        *,
+        notice: str = "",
+        job_id: int | None = None,
+    ) -> None:
+        """Admit, run on the worker with a chat action kept alive, then send the result."""
+        bot = self.app.bot
         verdict, retry_s = self.service.admit(key)
         if verdict is Admission.RATE_LIMITED:
-            await message.reply_text(t("rate_limited", lang, seconds=max(1, round(retry_s))))
+            await bot.send_message(chat_id, t("rate_limited", lang, seconds=max(1, round(retry_s))))
             return
         if verdict is Admission.BUSY:
-            await message.reply_text(t("busy", lang))
+            await bot.send_message(chat_id, t("busy", lang))
             return
         if verdict is Admission.QUEUED:
-            await message.reply_text(t("queued", lang))
+            await bot.send_message(chat_id, t("queued", lang))
         profile = self.memory.profile(key)
-        action = ChatAction.RECORD_VIDEO_NOTE if profile.mode == "video_note" else ChatAction.UPLOAD_VIDEO
-        if profile.mode == "voice":
-            action = ChatAction.RECORD_VOICE
-        elif profile.mode == "text":
-            action = ChatAction.TYPING
+        action = {
+            "video_note": ChatAction.RECORD_VIDEO_NOTE,
+            "voice": ChatAction.RECORD_VOICE,
+            "text": ChatAction.TYPING,
+        }.get(profile.mode, ChatAction.UPLOAD_VIDEO)
+        if job_id is not None:
+            await self.service.call(self.jobs.start, job_id)
         with tempfile.TemporaryDirectory(prefix="talktwin-tg-") as tmp:
             out = Path(tmp) / ("reply.ogg" if profile.mode == "voice" else "reply.mp4")
             async with keep_chat_action(
-                self.app.bot,
-                message.chat_id,
+                bot,
+                chat_id,
                 action,
                 progress_after_s=self.options.progress_after_s,
                 progress_text=t("working", lang),
             ):
                 result = await self.service.run(key, job, out)
             if notice:
-                await message.reply_text(notice)
-            await send_result(message, result, profile.mode, self.options.upload_limit_mb, lang)
+                await bot.send_message(chat_id, notice)
+            await send_result(
+                bot, chat_id, reply_to, result, profile.mode, self.options.upload_limit_mb, lang
+            )
 
     async def _download(self, file_id: str, size: int | None) -> bytes:
         limit = self.options.download_limit_mb
@@ -466,6 +548,7 @@ class TelegramBot:
         kind, _, value = (query.data or "").partition(":")
         if kind == "forget":
             if value == "yes":
+                await self.service.call(self.jobs.forget, key)
                 await self.service.call(self.memory.forget, key)
                 lang = user_language(user.language_code)  # the stored preference is gone too
                 await query.edit_message_text(t("forget_done", lang))

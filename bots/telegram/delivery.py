@@ -8,7 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from telegram import Bot, Message
+from telegram import Bot, ReplyParameters
 from telegram.error import TelegramError
 
 from bots.texts import t
@@ -50,50 +50,63 @@ async def keep_chat_action(
 
 
 async def send_result(
-    message: Message, result: ReplyResult, mode: str, upload_limit_mb: float, lang: str
+    bot: Bot,
+    chat_id: int | str,
+    reply_to: int | None,
+    result: ReplyResult,
+    mode: str,
+    upload_limit_mb: float,
+    lang: str,
 ) -> None:
-    """Video note when it fits (square, ≤ 60 s), else a video with the answer as caption; voice; text."""
+    """Video note when it fits (square, ≤ 60 s), else a video with the answer as caption; voice; text.
+
+    Sent as a reply to the user's message `reply_to` (still sent if that message is gone).
+    """
+    reply = (
+        {"reply_parameters": ReplyParameters(reply_to, allow_sending_without_reply=True)} if reply_to else {}
+    )
     if result.media_path is None:
-        await _send_text(message, result.answer)
+        await _send_text(bot, chat_id, result.answer, reply)
         return
     path = result.media_path
     if path.stat().st_size > upload_limit_mb * 1e6:
         log.warning(
             "reply of %.1f MB is over the upload limit; sending voice and text", path.stat().st_size / 1e6
         )
-        await message.reply_text(t("answer_too_big", lang))
+        await bot.send_message(chat_id, t("answer_too_big", lang), **reply)
         path = _voice_from(path)
         mode = "voice"
     data = path.read_bytes()
     duration = round(result.duration)
     if mode == "voice":
-        await message.reply_voice(data, duration=duration, caption=_caption(result.answer))
+        await bot.send_voice(chat_id, data, duration=duration, caption=_caption(result.answer), **reply)
         if len(result.answer) > CAPTION_MAX:
-            await _send_text(message, result.answer)
+            await _send_text(bot, chat_id, result.answer, {})
     elif mode == "video_note" and result.duration <= VIDEO_NOTE_MAX_S:
-        size = _video_size(path)
-        await message.reply_video_note(data, duration=duration, length=size)
+        await bot.send_video_note(chat_id, data, duration=duration, length=_video_size(path), **reply)
     else:
         size = _video_size(path)
-        await message.reply_video(
+        await bot.send_video(
+            chat_id,
             data,
             duration=duration,
             width=size,
             height=size,
             caption=_caption(result.answer),
             supports_streaming=True,
+            **reply,
         )
         if len(result.answer) > CAPTION_MAX:
-            await _send_text(message, result.answer)
+            await _send_text(bot, chat_id, result.answer, {})
 
 
 def _caption(text: str) -> str:
     return text if len(text) <= CAPTION_MAX else text[: CAPTION_MAX - 1] + "…"
 
 
-async def _send_text(message: Message, text: str) -> None:
+async def _send_text(bot: Bot, chat_id: int | str, text: str, reply: dict) -> None:
     for i in range(0, len(text), MESSAGE_MAX):
-        await message.reply_text(text[i : i + MESSAGE_MAX])
+        await bot.send_message(chat_id, text[i : i + MESSAGE_MAX], **(reply if i == 0 else {}))
 
 
 def _video_size(path: Path) -> int:
