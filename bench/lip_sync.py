@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.media.video_output import VideoWriter
+from pipeline.render.variants import frame_size
 from pipeline.render.warp import WarpRenderer
 from pipeline.types import Audio, Speech, VoiceSettings
 
@@ -62,9 +63,8 @@ def render_clip(
 ) -> tuple[Path, float]:
     """Render and encode the sentences into one mp4, like the orchestrator; returns (path, render s)."""
     avatar = renderer.prepare(photo, size)
-    width, height = getattr(avatar, "width", size), getattr(avatar, "height", size)
-    writer = VideoWriter(path, size, FPS) if width == height else None
-    assert writer is not None, "bench encodes square frames"
+    width, height = frame_size(avatar)
+    writer = VideoWriter(path, width, FPS, height=height)
     start, render_s, chunks = 0.0, 0.0, []
     rate = speeches[0].audio.sample_rate
     for speech in speeches:

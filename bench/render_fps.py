@@ -5,7 +5,7 @@ the uint8 frames the encoder gets) and render + encode (the same frames piped in
 H.264 encoder, muxed at the end). Also prepare() time, cold (first photo: FaceMesh graph built) and
 warm (new size, landmarks known). Speech is a loud/quiet alternating tone so the mouth works.
 
-    .venv/bin/python -m bench.render_fps [--seconds 8] [--sizes 256 512] [--device cpu]
+    .venv/bin/python -m bench.render_fps [--seconds 8] [--sizes 256 512] [--device cpu] [--frame photo]
 
 Writes bench/results/render_fps_<device>.json.
 """
@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from pipeline.media.video_output import VideoWriter
+from pipeline.render.variants import frame_size
 from pipeline.render.warp import WarpRenderer
 from pipeline.types import Audio, Speech
 
@@ -41,8 +42,8 @@ def test_speech(seconds: float) -> Speech:
     return Speech("bench", "en", Audio((0.3 * tone * envelope).astype(np.float32), SR))
 
 
-def measure(size: int, seconds: float, batch: int, device: str, photo: bytes) -> dict:
-    renderer = WarpRenderer(device=device, batch=batch, seed=7)
+def measure(size: int, seconds: float, batch: int, device: str, photo: bytes, frame: str = "square") -> dict:
+    renderer = WarpRenderer(device=device, batch=batch, seed=7, frame=frame)
     t0 = time.perf_counter()
     avatar = renderer.prepare(photo, size)
     prepare_s = time.perf_counter() - t0
@@ -58,13 +59,15 @@ def measure(size: int, seconds: float, batch: int, device: str, photo: bytes) ->
     render_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        writer = VideoWriter(Path(tmp) / "bench.mp4", size, FPS)
+        width, height = frame_size(avatar)
+        writer = VideoWriter(Path(tmp) / "bench.mp4", width, FPS, height=height)
         for frames in renderer.render(avatar, speech, fps=FPS, start_time=0.0, n_frames=n):
             writer.write(frames)
         writer.finish(speech.audio)
         total_s = time.perf_counter() - t0
     return {
         "size": size,
+        "frame": f"{frame} {avatar.width}x{avatar.height}",
         "batch": batch,
         "frames": n,
         "prepare_s": round(prepare_s, 3),
@@ -81,12 +84,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--photo", type=Path, default=ROOT / "assets" / "avatar.jpg")
+    parser.add_argument("--frame", choices=["square", "photo"], default="square")
     args = parser.parse_args()
     photo = args.photo.read_bytes()
     t0 = time.perf_counter()
     WarpRenderer(device=args.device).prepare(photo, 256)
     cold = time.perf_counter() - t0
-    rows = [measure(size, args.seconds, args.batch, args.device, photo) for size in args.sizes]
+    rows = [measure(size, args.seconds, args.batch, args.device, photo, args.frame) for size in args.sizes]
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"{os.cpu_count()} CPU cores"
     result = {
         "device": device,
@@ -98,12 +102,12 @@ def main() -> None:
     }
     for r in rows:
         print(
-            f"{r['size']} px batch {r['batch']}: render {r['render_fps']} fps, "
+            f"{r['size']} px ({r['frame']}) batch {r['batch']}: render {r['render_fps']} fps, "
             f"render+encode {r['render_encode_fps']} fps, prepare {r['prepare_s']} s"
         )
     print(f"prepare (cold, first photo): {cold:.2f} s on {device}")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    name = "cuda" if args.device == "cuda" else "cpu"
+    name = ("cuda" if args.device == "cuda" else "cpu") + ("" if args.frame == "square" else f"_{args.frame}")
     (RESULTS / f"render_fps_{name}.json").write_text(json.dumps(result, indent=2) + "\n")
 
 

@@ -3,6 +3,11 @@
 Per sentence: speech (TTS), then frames (renderer) streamed into the H.264 encoder; the audio of all
 sentences is joined and muxed at the end. The output format decides how far it goes:
 "video_note" / "video" (mp4), "voice" (OGG/Opus, no rendering) or "text" (no speech at all).
+
+Frame size: "video" uses the prepared avatar's frame as it is (the square face crop, or the whole
+photo with `render.frame = "photo"`); "video_note" always uses the square face crop, because Telegram
+shows video notes as a circle cut from a square (render/variants.py). The subtitle burner is fitted to
+whichever frame size results.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from pipeline.media.ffmpeg import run_ffmpeg
 from pipeline.media.subtitles import SubtitleBurner
 from pipeline.media.video_output import VideoWriter, write_wav
 from pipeline.render.base import AvatarRenderer, PreparedAvatar
+from pipeline.render.variants import frame_size, square_avatar
 from pipeline.text import clean_for_speech, detect_language, has_speakable_text
 from pipeline.tts.base import SpeechSynthesizer
 from pipeline.types import Audio, Speech, StageTimings, VoiceSettings
@@ -47,6 +53,10 @@ class ReplyAssembler:
     ) -> None:
         if fmt not in FORMATS:
             raise ValueError(f"unknown reply format {fmt!r}")
+        if avatar is not None and fmt == "video_note":
+            avatar = square_avatar(avatar)
+        if avatar is not None and subtitles is not None:
+            subtitles = subtitles.resized(*frame_size(avatar))
         self.fmt = fmt
         self.language = language
         self.voice = voice
@@ -65,7 +75,10 @@ class ReplyAssembler:
         self._writer = None
         if fmt in ("video_note", "video"):
             assert avatar is not None, "video replies need a prepared avatar"
-            self._writer = VideoWriter(out_path, avatar.size, fps, subtitles=subtitles, **writer_options)
+            width, height = frame_size(avatar)
+            self._writer = VideoWriter(
+                out_path, width, fps, height=height, subtitles=subtitles, **writer_options
+            )
 
     @property
     def seconds(self) -> float:

@@ -92,6 +92,7 @@ class RenderSettings(_Section):
     threads: int = Field(ge=0)
     avatar: Path
     seed: int
+    frame: Literal["square", "photo"]
 
     @field_validator("size")
     @classmethod
@@ -142,6 +143,13 @@ class TelegramSettings(_Section):
     progress_after_s: float = Field(ge=0)
 
 
+class DiscordSettings(_Section):
+    message_content_intent: bool
+    max_pending: int = Field(ge=1, le=20)
+    cooldown_s: float = Field(ge=0)
+    upload_limit_mb: float = Field(gt=0)
+
+
 class Settings(_Section):
     paths: PathSettings
     limits: LimitSettings
@@ -154,6 +162,7 @@ class Settings(_Section):
     memory: MemorySettings
     knowledge: KnowledgeSettings
     telegram: TelegramSettings
+    discord: DiscordSettings
 
     def resolve(self, path: str | Path) -> Path:
         """A configured path, relative ones taken from the project root (not the working dir)."""

@@ -144,3 +144,29 @@ def make_tone(path: Path, seconds: float, fmt_args: Sequence[str] = ()) -> Path:
     """A 220 Hz tone with a little noise, encoded by ffmpeg into whatever `path`'s extension says."""
     run_ffmpeg(["-y", "-f", "lavfi", "-i", f"sine=frequency=220:duration={seconds}", *fmt_args, str(path)])
     return path
+
+
+def eye_openness(frames: np.ndarray) -> np.ndarray:
+    """Lid gap / eye width per frame (mean of both eyes), re-detected with FaceMesh on the pixels.
+
+    Like `mouth_openness`, independent of the renderer's own blink control: it tells whether a
+    viewer (and a face tracker) sees the eyes closed.
+    """
+    import mediapipe as mp
+
+    out = np.zeros(len(frames))
+    eyes = ((159, 145, 33, 133), (386, 374, 263, 362))  # upper lid, lower lid, corner, corner
+    with mp.solutions.face_mesh.FaceMesh(
+        static_image_mode=True, max_num_faces=1, refine_landmarks=True
+    ) as mesh:
+        for i, frame in enumerate(frames):
+            found = mesh.process(np.ascontiguousarray(frame))
+            assert found.multi_face_landmarks, f"no face in rendered frame {i}"
+            lm = found.multi_face_landmarks[0].landmark
+            ratios = []
+            for up, lo, a, b in eyes:
+                gap = np.hypot(lm[up].x - lm[lo].x, lm[up].y - lm[lo].y)
+                width = np.hypot(lm[a].x - lm[b].x, lm[a].y - lm[b].y)
+                ratios.append(gap / width)
+            out[i] = float(np.mean(ratios))
+    return out

@@ -2,8 +2,10 @@
 
     .venv/bin/python -m tests.render_sheet [out.png]
 
-Poses: rest, open vowel "a", rounded vowel "o/u", blink, and the whole frame mid-speech. Crops are
-zoomed on the face so mouth and eyes can be judged.
+Poses: rest, open vowel "a", rounded vowel "o/u", blink, an emphasis beat (brows raised, head nodding,
+mid-"e"), and the whole-photo frame (frame="photo": the full picture with the animated face pasted
+back in) mid-speech. Crops are zoomed on the face so mouth, eyes and brows can be judged; the
+whole-photo column is letterboxed to keep the picture's aspect ratio.
 """
 
 from __future__ import annotations
@@ -14,7 +16,16 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from pipeline.render.warp import BLINK_COL, JAW_COL, N_CONTROLS, WIDE_COL, WarpRenderer, render_frames
+from pipeline.render.warp import (
+    BLINK_COL,
+    BROW_COL,
+    JAW_COL,
+    N_CONTROLS,
+    NOD_COL,
+    WIDE_COL,
+    WarpRenderer,
+    render_frames,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = [ROOT / "assets" / "avatar.jpg", ROOT / "assets" / "grace_hopper.jpg"]
@@ -23,9 +34,26 @@ POSES = [
     ("open 'a'", {JAW_COL: 1.0, WIDE_COL: 0.16}),
     ("round 'o'", {JAW_COL: 0.6, WIDE_COL: -0.8}),
     ("blink", {BLINK_COL: 1.0}),
-    ("whole frame, 'e'", {JAW_COL: 0.7, WIDE_COL: 0.3}),
+    ("emphasis: brows up, nod, 'e'", {JAW_COL: 0.7, WIDE_COL: 0.3, BROW_COL: 1.0, NOD_COL: 1.0}),
 ]
+WHOLE = ("whole photo, 'e' + brows", {JAW_COL: 0.7, WIDE_COL: 0.3, BROW_COL: 1.0})
 SIZE, TILE = 512, 300
+
+
+def _controls(poses: list[tuple[str, dict[int, float]]]) -> torch.Tensor:
+    controls = torch.zeros(len(poses), N_CONTROLS)
+    for i, (_, pose) in enumerate(poses):
+        for col, v in pose.items():
+            controls[i, col] = v
+    return controls
+
+
+def _letterbox(frame: Image.Image) -> Image.Image:
+    tile = Image.new("RGB", (TILE, TILE), "white")
+    f = TILE / max(frame.size)
+    fitted = frame.resize((round(frame.width * f), round(frame.height * f)), Image.LANCZOS)
+    tile.paste(fitted, ((TILE - fitted.width) // 2, (TILE - fitted.height) // 2))
+    return tile
 
 
 def sheet(out: Path) -> None:
@@ -33,22 +61,21 @@ def sheet(out: Path) -> None:
     rows = []
     for photo in PHOTOS:
         avatar = renderer.prepare(photo.read_bytes(), SIZE)
-        controls = torch.zeros(len(POSES), N_CONTROLS)
-        for i, (_, pose) in enumerate(POSES):
-            for col, v in pose.items():
-                controls[i, col] = v
-        frames = render_frames(avatar.rig, controls)
+        frames = render_frames(avatar.rig, _controls(POSES))
         pts = avatar.rig.points
         (x0, y0), (x1, y1) = pts.min(0), pts.max(0)
         side = 1.1 * max(x1 - x0, y1 - y0)
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
         box = (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
-        tiles = [Image.fromarray(f).resize((TILE, TILE), Image.LANCZOS, box=box) for f in frames[:-1]]
-        tiles.append(Image.fromarray(frames[-1]).resize((TILE, TILE), Image.LANCZOS))
+        tiles = [Image.fromarray(f).resize((TILE, TILE), Image.LANCZOS, box=box) for f in frames]
+        whole = renderer.prepare(photo.read_bytes(), SIZE, frame="photo")
+        frame = render_frames(whole.rig, _controls([WHOLE]), whole.backdrop)[0]
+        tiles.append(_letterbox(Image.fromarray(frame)))
         rows.append(tiles)
-    img = Image.new("RGB", (TILE * len(POSES), 24 + TILE * len(rows)), "white")
+    columns = [*POSES, WHOLE]
+    img = Image.new("RGB", (TILE * len(columns), 24 + TILE * len(rows)), "white")
     draw = ImageDraw.Draw(img)
-    for i, (name, _) in enumerate(POSES):
+    for i, (name, _) in enumerate(columns):
         draw.text((i * TILE + 8, 6), name, fill="black")
     for r, tiles in enumerate(rows):
         for i, t in enumerate(tiles):

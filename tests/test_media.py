@@ -5,11 +5,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.config import PROJECT_ROOT
 from pipeline.errors import AudioTooLong, EmptyAudio, FileTooLarge, UnreadableAudio
 from pipeline.media.audio_input import decode_audio, resample
 from pipeline.media.subtitles import SubtitleBurner
 from pipeline.media.video_output import VideoWriter
-from pipeline.types import Audio, Speech, WordTiming
+from pipeline.types import Audio, Speech, StageTimings, VoiceSettings, WordTiming
 from tests.helpers import make_tone, probe_mp4
 
 
@@ -155,3 +156,74 @@ def test_subtitles_are_burned_into_the_lower_band_while_spoken(text: str, langua
     assert not any(changed[:30]) and all(changed[31:49])  # cue runs 1.2 s .. 2.0 s
     assert not np.any(out[:, upper] != 128)  # text stays in the lower band
     assert np.any(out[40, lower] > 240) and np.any(out[40, lower] < 40)  # white text, dark outline
+
+
+def test_video_writer_takes_non_square_frames(tmp_path: Path):
+    width, height, fps = 96, 160, 25  # a portrait whole-photo frame
+    audio = Audio(np.zeros(24000, np.float32), 24000)
+    frames = np.zeros((25, height, width, 3), np.uint8)
+    frames[:, : height // 2, :, 2] = 200  # blue top half: the orientation must survive
+    out = tmp_path / "tall.mp4"
+    with VideoWriter(out, width, fps, height=height) as writer:
+        writer.write(frames)
+        with pytest.raises(ValueError, match=f"expected uint8 frames of shape \\(B, {height}, {width}, 3\\)"):
+            writer.write(np.zeros((1, width, height, 3), np.uint8))  # transposed
+        writer.finish(audio)
+    info = probe_mp4(out)
+    assert (info.width, info.height) == (width, height) and len(info.frames) == 25
+    assert (
+        info.frames[:, : height // 3, :, 2].mean() > 150 and info.frames[:, -height // 3 :, :, 2].mean() < 50
+    )
+    with pytest.raises(ValueError, match="even"):
+        VideoWriter(tmp_path / "odd.mp4", 97, fps, height=160)
+
+
+def test_subtitles_fit_a_non_square_frame():
+    width, height, fps = 216, 384, 25
+    text = "A fairly long English sentence that has to wrap onto a second line here."
+    speech = Speech(
+        text, "en", Audio(np.zeros(24000, np.float32), 24000), words=(WordTiming(text, 0.0, 1.0),)
+    )
+    burner = SubtitleBurner(width, height=height)
+    assert burner.font_px == max(14, width // 18)  # the shorter side sets the text size
+    assert burner.resized(width, height) is burner and burner.resized(384, 216).height == 216
+    burner.add(speech, offset=0.0)
+    out = burner.burn(np.full((5, height, width, 3), 128, np.uint8), first_frame=0, fps=fps)
+    changed = np.argwhere(np.any(out[2] != 128, axis=-1))
+    assert changed[:, 0].min() > height * 2 // 3  # in the lower band of the tall frame
+    assert changed[:, 1].min() > 0 and changed[:, 1].max() < width - 1  # and inside its width
+
+
+class _ToneTTS:
+    """A stand-in synthesizer: a short voiced tone for any text."""
+
+    def synthesize(self, text: str, language: str, voice: VoiceSettings) -> Speech:
+        t = np.arange(8000) / 16000
+        samples = (0.3 * np.sin(2 * np.pi * 150 * t)).astype(np.float32)
+        return Speech(text, language, Audio(samples, 16000), engine="tone")
+
+
+@pytest.mark.parametrize(("fmt", "size"), [("video", (218, 256)), ("video_note", (256, 256))])
+def test_assembler_frames_photo_mode_and_keeps_video_notes_square(tmp_path: Path, fmt: str, size: tuple):
+    from pipeline.assembler import ReplyAssembler
+    from pipeline.render.warp import WarpRenderer
+
+    renderer = WarpRenderer(device="cpu", frame="photo")
+    avatar = renderer.prepare((PROJECT_ROOT / "assets" / "grace_hopper.jpg").read_bytes(), 256)
+    assembler = ReplyAssembler(
+        fmt=fmt,
+        language="en",
+        voice=VoiceSettings(),
+        synthesizer=_ToneTTS(),
+        renderer=renderer,
+        avatar=avatar,
+        out_path=tmp_path / "reply.mp4",
+        fps=25,
+        max_seconds=30,
+        writer_options={},
+        subtitles=SubtitleBurner(avatar.size),  # as the orchestrator builds it: fitted by the assembler
+        timings=StageTimings(),
+    )
+    assembler.add("Hello there.")
+    info = probe_mp4(assembler.finish())
+    assert (info.width, info.height) == size

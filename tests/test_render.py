@@ -3,24 +3,39 @@
 from __future__ import annotations
 
 import io
+import logging
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from pipeline.config import load_settings
 from pipeline.errors import FaceTooSmall, NoFaceFound, UnreadableImage
 from pipeline.render import topology as T
+from pipeline.render.emphasis import emphasis_controls
 from pipeline.render.factory import avatar_cache_dir, build_renderer
-from pipeline.render.landmarks import decode_image
+from pipeline.render.landmarks import FaceTurnedAway, decode_image
 from pipeline.render.motion import blink_curve, head_sway
+from pipeline.render.variants import frame_size, square_avatar
 from pipeline.render.visemes import LEAD_S, REST, VISEMES, mouth_controls, phoneme_targets, visemes_of
-from pipeline.render.warp import BLINK_COL, JAW_COL, WarpAvatar, WarpRenderer
+from pipeline.render.warp import (
+    BLINK_COL,
+    BROW_COL,
+    JAW_COL,
+    N_CONTROLS,
+    NOD_COL,
+    WarpAvatar,
+    WarpRenderer,
+    render_frames,
+)
 from pipeline.types import Audio, PhonemeTiming, Speech
+from tests.helpers import eye_openness
 
 AVATAR = Path(__file__).resolve().parent.parent / "assets" / "avatar.jpg"
+HOPPER = AVATAR.parent / "grace_hopper.jpg"  # 512 x 600: a portrait-format picture
 SIZE = 256
 FPS = 25
 SR = 16000
@@ -154,6 +169,11 @@ def test_blinks_close_the_eyes(renderer: WarpRenderer, avatar: WarpAvatar):
     # Open eyes show a dark iris; closed ones only lid skin and a thin lash line.
     assert dark[open_].min() > 0.08
     assert dark[closed].max() < 0.5 * dark[open_].min()
+    # A face tracker re-detecting the rendered frames sees the lids shut as well.
+    picks = np.concatenate([np.flatnonzero(open_)[:: max(1, open_.sum() // 6)][:6], np.flatnonzero(closed)])
+    ratio = eye_openness(frames[picks])
+    n_open = min(6, len(picks) - closed.sum())
+    assert ratio[n_open:].max() < 0.4 * ratio[:n_open].min()
 
 
 def test_blink_and_sway_continue_across_sentences(renderer: WarpRenderer, avatar: WarpAvatar):
@@ -176,6 +196,103 @@ def test_motion_is_a_function_of_absolute_time():
     assert whole.max() == 1.0 and whole.min() == 0.0
     assert np.allclose(head_sway(t, SEED)[1500:], head_sway(t[1500:], SEED))
     assert np.abs(head_sway(t, SEED)[:, 0]).max() < math.radians(2)
+
+
+def _emphasised_speech() -> Speech:
+    """1 s of silence, then 2.4 s of syllables (4 per second) with one much louder, stressed one."""
+    t = np.arange(round(2.4 * SR)) / SR
+    tone = sum(np.sin(2 * np.pi * 150 * k * t) / k for k in range(1, 12))
+    syllables = np.clip(np.sin(2 * np.pi * 2 * t), 0, None)  # 4 bumps per second
+    gain = np.where((t > 1.0) & (t < 1.25), 1.0, 0.25)  # the syllable at 1.0-1.25 s is stressed
+    voiced = (0.3 * tone * syllables * gain).astype(np.float32)
+    samples = np.concatenate([np.zeros(SR, np.float32), voiced])
+    return Speech("emphasis", "en", Audio(samples, SR))
+
+
+def test_emphasis_nods_and_raises_brows_on_stressed_syllables(renderer: WarpRenderer):
+    speech = _emphasised_speech()
+    n = round(speech.duration * FPS)
+    c = renderer.controls(speech, fps=FPS, start_time=5.0, n_frames=n)
+    nod, brow = c[:, NOD_COL], c[:, BROW_COL]
+    assert nod.max() > 0.5 and brow.max() > 0.5  # a full-strength beat on the loud syllable
+    peak = 1.0 + 1.125  # speech-relative time of the stressed syllable's loudness peak
+    assert abs(np.argmax(nod) / FPS - peak) < 0.3 and abs(np.argmax(brow) / FPS - peak) < 0.4
+    assert nod[: round(0.7 * FPS)].max() == 0 and brow[: round(0.7 * FPS)].max() == 0  # silence
+    # Exactly 0 at both ends of the sentence, so sentence-by-sentence rendering cannot jump.
+    assert nod[0] == nod[-1] == brow[0] == brow[-1] == 0
+    fine = emphasis_controls(speech, np.array([0.0, speech.duration - 1e-6]))
+    assert np.array_equal(fine, np.zeros((2, 2)))
+    assert (
+        renderer.controls(_speech(2.0), fps=FPS, start_time=0.0, n_frames=50)[:, [NOD_COL, BROW_COL]].max()
+        == 0
+    )
+
+
+def test_brow_raise_moves_the_brows_and_the_nod_the_head(avatar: WarpAvatar):
+    controls = torch.zeros(3, N_CONTROLS)
+    controls[1, BROW_COL] = 1.0
+    controls[2, NOD_COL] = 1.0
+    rest, brows, nod = render_frames(avatar.rig, controls).astype(np.float32)
+    pts = avatar.rig.points
+    brow_box = _box(pts, T.BROW_LINES, pad=3)
+    mouth_box = _box(pts, T.LIP_UPPER_OUTER + T.LIP_LOWER_OUTER, pad=2)
+    assert np.abs(brows[brow_box] - rest[brow_box]).mean() > 4
+    assert np.abs(brows[mouth_box] - rest[mouth_box]).mean() < 0.5  # only the brows move
+    # The brows move up: the rest pose's row profile over the brow columns, shifted up, fits best.
+    rows = slice(brow_box[0].start - 8, brow_box[0].stop + 8)
+    profile = lambda img: img[rows, brow_box[1]].mean((1, 2))  # noqa: E731
+    before, after = profile(rest), profile(brows)
+    misfit = {k: np.abs(before[8 + k : len(before) - 8 + k] - after[8:-8]).mean() for k in range(-6, 7)}
+    assert min(misfit, key=misfit.get) >= 2  # px at 256: pixel rows k below moved up to here
+    assert np.abs(nod[mouth_box] - rest[mouth_box]).mean() > 3  # the whole head dips
+    corner = SIZE // 8
+    assert (nod[:corner, :corner] == rest[:corner, :corner]).all()  # the background does not
+
+
+# ---------------------------------------------------------------- whole-photo frame
+@pytest.fixture(scope="module")
+def photo_avatar() -> WarpAvatar:
+    return WarpRenderer(device="cpu", frame="photo").prepare(HOPPER.read_bytes(), SIZE)
+
+
+def test_photo_frame_is_the_whole_picture_with_the_face_animated(photo_avatar: WarpAvatar):
+    a = photo_avatar
+    assert (a.width, a.height, a.size) == (218, 256, 256)  # 512 x 600 scaled to a longer side of 256
+    assert a.width % 2 == 0 and a.height % 2 == 0 and frame_size(a) == (218, 256)
+    renderer = WarpRenderer(device="cpu", frame="photo")
+    speech = _speech(0.4, 0.8)
+    batches = list(renderer.render(a, speech, fps=FPS, start_time=0.0, n_frames=30))
+    frames = np.concatenate(batches)
+    assert frames.shape == (30, 256, 218, 3)
+    picture = np.asarray(Image.open(HOPPER).convert("RGB").resize((218, 256), Image.LANCZOS))
+    # Outside the animated crop the frame is the picture itself, byte for byte ...
+    assert a.backdrop is not None
+    oy, ox = a.backdrop.origin
+    y0, y1, x0, x1 = a.rig.roi
+    outside = np.ones((256, 218), bool)
+    outside[oy + y0 : oy + y1, ox + x0 : ox + x1] = False
+    assert (frames[:, outside] == picture[outside]).all()
+    # ... and inside it the mouth moves with the voice.
+    rows, cols = _box(a.rig.points + np.array([ox, oy]), T.LIP_UPPER_OUTER + T.LIP_LOWER_OUTER, pad=3)
+    assert np.abs(frames[25, rows, cols].astype(int) - frames[3, rows, cols].astype(int)).mean() > 8
+    # The feathered seam: at rest, the pasted crop meets the picture without a step at its edges.
+    rest = render_frames(a.rig, torch.zeros(1, N_CONTROLS), a.backdrop)[0].astype(int)
+    assert np.abs(rest[outside] - picture[outside]).max() == 0
+    band = slice(oy + y0, oy + y1)
+    edge_step = np.abs(rest[band, ox + x0] - rest[band, ox + x0 - 1]).mean() if ox + x0 > 0 else 0.0
+    picture_step = np.abs(picture[band, ox + x0].astype(int) - picture[band, ox + x0 - 1]).mean()
+    assert edge_step < picture_step + 3
+
+
+def test_photo_avatar_keeps_a_square_variant_for_video_notes(photo_avatar: WarpAvatar):
+    square = square_avatar(photo_avatar)
+    assert frame_size(square) == (SIZE, SIZE) and square.frame == "square"
+    assert square_avatar(square) is square
+    r = WarpRenderer(device="cpu")
+    assert r.prepare(HOPPER.read_bytes(), SIZE).key == square.key  # the same square avatar
+    assert r.prepare(HOPPER.read_bytes(), SIZE, frame="photo").key.endswith("-photo")
+    with pytest.raises(ValueError, match="frame"):
+        WarpRenderer(device="cpu", frame="circle")
 
 
 # ---------------------------------------------------------------- visemes and audio controls
@@ -259,12 +376,68 @@ def test_exif_rotated_photo(renderer: WarpRenderer, photo: bytes, avatar: WarpAv
     assert np.abs(rotated.rig.points - avatar.rig.points).max() < 4  # same face, same place
 
 
+def test_webp_photo(renderer: WarpRenderer, photo: bytes, avatar: WarpAvatar):
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(photo)).save(buf, format="WEBP", quality=90)
+    webp = renderer.prepare(buf.getvalue(), SIZE)
+    assert np.abs(webp.rig.points - avatar.rig.points).max() < 3
+
+
+def test_two_faces_use_the_larger_and_say_so(
+    renderer: WarpRenderer, photo: bytes, caplog: pytest.LogCaptureFixture
+):
+    head = Image.open(io.BytesIO(photo)).convert("RGB").crop((125, 25, 325, 225))  # the face, tight
+    alone = Image.new("RGB", (1000, 600), (200, 200, 205))
+    alone.paste(head.resize((500, 500), Image.LANCZOS), (0, 50))
+    group = alone.copy()
+    group.paste(head.resize((300, 300), Image.LANCZOS), (640, 150))  # a second, smaller face
+    with caplog.at_level(logging.WARNING, logger="pipeline.render.landmarks"):
+        chosen = renderer.prepare(_jpeg(group), SIZE)
+    assert "found 2 faces, using the largest" in caplog.text
+    # The crop is centred on the large face: the same landmarks as with that face alone.
+    assert np.abs(chosen.rig.points - renderer.prepare(_jpeg(alone), SIZE).rig.points).max() < 4
+
+
+def test_photo_on_its_side_without_exif_is_turned_upright(
+    renderer: WarpRenderer, photo: bytes, avatar: WarpAvatar, caplog: pytest.LogCaptureFixture
+):
+    sideways = Image.open(io.BytesIO(photo)).convert("RGB").transpose(Image.Transpose.ROTATE_90)
+    with caplog.at_level(logging.WARNING, logger="pipeline.render.landmarks"):
+        turned = renderer.prepare(_jpeg(sideways), SIZE)
+    assert "lies on its side" in caplog.text
+    assert np.abs(turned.rig.points - avatar.rig.points).max() < 4
+
+
+def _yawed(img: Image.Image, k: float) -> Image.Image:
+    """A profile-like view: the left half of the picture stretched by 1 + k, the right squeezed by 1 - k."""
+    w = img.width
+    x = np.arange(w, dtype=np.float64)
+    centre = w / 2
+    forward = np.where(x < centre, x * (1 + k), centre * (1 + k) + (x - centre) * (1 - k))
+    source = np.clip(np.interp(x, forward, x).round().astype(int), 0, w - 1)
+    return Image.fromarray(np.asarray(img)[:, source])
+
+
+def test_turned_away_faces_warn_or_are_refused(renderer: WarpRenderer, caplog: pytest.LogCaptureFixture):
+    hopper = Image.open(HOPPER).convert("RGB")
+    squeezed = hopper.resize((hopper.width // 2, hopper.height), Image.LANCZOS)
+    with caplog.at_level(logging.WARNING, logger="pipeline.render.landmarks"):
+        renderer.prepare(_jpeg(squeezed), SIZE)  # still usable ...
+    assert "turned from the camera" in caplog.text  # ... but the operator is told why it looks flat
+    with pytest.raises(FaceTurnedAway) as err:
+        renderer.prepare(_jpeg(_yawed(hopper, 0.6)), SIZE)
+    assert isinstance(err.value, NoFaceFound)  # callers that know only NoFaceFound still catch it
+    assert "turned away" in err.value.user_message("en") and "侧" in err.value.user_message("zh")
+
+
 def test_build_renderer_from_settings(tmp_path: Path):
     settings = load_settings(
         environ={"TALKTWIN_PATHS__DATA_DIR": str(tmp_path), "TALKTWIN_RENDER__BATCH": "4"}
     )
     r = build_renderer(settings)
     assert isinstance(r, WarpRenderer)
-    assert r.batch == 4 and r.seed == settings.render.seed
+    assert r.batch == 4 and r.seed == settings.render.seed and r.frame == settings.render.frame == "square"
+    photo = build_renderer(load_settings(environ={"TALKTWIN_RENDER__FRAME": "photo"}))
+    assert isinstance(photo, WarpRenderer) and photo.frame == "photo"
     assert r.device.type in ("cpu", "cuda")
     assert avatar_cache_dir(settings) == tmp_path / "cache" / "avatars"

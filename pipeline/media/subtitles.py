@@ -73,18 +73,31 @@ def _chunks(text: str, max_chars: int, cjk: bool) -> list[str]:
 
 
 class SubtitleBurner:
-    """Holds the reply's cues and blends the active one onto each frame's lower band."""
+    """Holds the reply's cues and blends the active one onto each frame's lower band.
 
-    def __init__(self, size: int, font_path: Path | None = None) -> None:
-        self.size = size
-        self.font_px = max(14, size // 18)
+    Frames are `width` x `height` (`height` defaults to `width`: square). The font scales with the
+    shorter side, so text in a tall whole-photo frame is no larger than in the square one; line
+    length follows the width.
+    """
+
+    def __init__(self, width: int, font_path: Path | None = None, *, height: int | None = None) -> None:
+        self.width = width
+        self.height = width if height is None else height
+        self.font_path = font_path
+        self.font_px = max(14, min(self.width, self.height) // 18)
         self.font = ImageFont.truetype(
             str(font_path or default_font_path()), self.font_px, index=_NOTO_SC_INDEX
         )
         self.cues: list[Cue] = []
         # two lines of text fit in the frame width at about this many CJK characters per cue
-        self.max_chars_cjk = int(0.86 * size / self.font_px) * 2
-        self.max_chars_latin = int(0.86 * size / (0.5 * self.font_px)) * 2
+        self.max_chars_cjk = int(0.86 * width / self.font_px) * 2
+        self.max_chars_latin = int(0.86 * width / (0.5 * self.font_px)) * 2
+
+    def resized(self, width: int, height: int) -> SubtitleBurner:
+        """This burner when the size matches, else a new one with the same font (and no cues yet)."""
+        if (width, height) == (self.width, self.height):
+            return self
+        return SubtitleBurner(width, self.font_path, height=height)
 
     def add(self, speech: Speech, offset: float) -> None:
         cjk = speech.language in ("zh", "ja")
@@ -117,27 +130,27 @@ class SubtitleBurner:
         line_h = int(self.font_px * 1.3)
         pad = self.font_px // 3
         band_h = line_h * len(lines) + 2 * pad
-        img = Image.new("RGBA", (self.size, band_h), (0, 0, 0, 0))
+        img = Image.new("RGBA", (self.width, band_h), (0, 0, 0, 0))
         draw = ImageDraw.Draw(img)
         widths = [draw.textlength(line, font=self.font) for line in lines]
         box_w = int(max(widths)) + 4 * pad
-        x0 = (self.size - box_w) // 2
+        x0 = (self.width - box_w) // 2
         draw.rounded_rectangle((x0, 0, x0 + box_w, band_h - 1), radius=pad * 2, fill=(0, 0, 0, 110))
         for i, (line, w) in enumerate(zip(lines, widths, strict=True)):
             draw.text(
-                ((self.size - w) / 2, pad + i * line_h),
+                ((self.width - w) / 2, pad + i * line_h),
                 line,
                 font=self.font,
                 fill=(255, 255, 255, 255),
                 stroke_width=max(1, self.font_px // 12),
                 stroke_fill=(0, 0, 0, 255),
             )
-        top = self.size - band_h - self.size // 20
+        top = self.height - band_h - min(self.width, self.height) // 20
         return np.asarray(img), top
 
     def _wrap(self, text: str) -> list[str]:
         """Greedy wrap by measured width: by character for CJK, by word otherwise."""
-        limit = 0.9 * self.size
+        limit = 0.9 * self.width
         tokens = list(text) if any("\u4e00" <= ch <= "\u9fff" for ch in text) else text.split(" ")
         sep = "" if len(tokens) == len(text) else " "
         lines, cur = [], ""

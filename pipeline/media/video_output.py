@@ -25,21 +25,29 @@ log = logging.getLogger(__name__)
 
 
 class VideoWriter:
-    """Writes one mp4: H.264 (yuv420p, main profile) + AAC, with +faststart for instant playback."""
+    """Writes one mp4: H.264 (yuv420p, main profile) + AAC, with +faststart for instant playback.
+
+    Frames are `width` x `height` (`height` defaults to `width`: square frames, e.g. video notes);
+    both must be even, because yuv420p halves the colour planes.
+    """
 
     def __init__(
         self,
         path: Path,
-        size: int,
+        width: int,
         fps: int,
         *,
+        height: int | None = None,
         crf: int = 23,
         preset: str = "veryfast",
         audio_bitrate_k: int = 64,
         subtitles: SubtitleBurner | None = None,
     ) -> None:
+        height = width if height is None else height
+        if width < 2 or height < 2 or width % 2 or height % 2:
+            raise ValueError(f"frame size must be even for yuv420p, got {width}x{height}")
         self.path = path
-        self.size = size
+        self.width, self.height = width, height
         self.fps = fps
         self.audio_bitrate_k = audio_bitrate_k
         self.subtitles = subtitles
@@ -57,7 +65,7 @@ class VideoWriter:
             "-pix_fmt",
             "rgb24",
             "-s",
-            f"{size}x{size}",
+            f"{width}x{height}",
             "-r",
             str(fps),
             "-i",
@@ -79,10 +87,10 @@ class VideoWriter:
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
 
     def write(self, frames: np.ndarray) -> None:
-        """Append frames, uint8 (batch, size, size, 3) RGB."""
-        if frames.dtype != np.uint8 or frames.shape[1:] != (self.size, self.size, 3):
+        """Append frames, uint8 (batch, height, width, 3) RGB."""
+        if frames.dtype != np.uint8 or frames.shape[1:] != (self.height, self.width, 3):
             raise ValueError(
-                f"expected uint8 frames of shape (B, {self.size}, {self.size}, 3), got {frames.shape}"
+                f"expected uint8 frames of shape (B, {self.height}, {self.width}, 3), got {frames.shape}"
             )
         if self.subtitles is not None:
             frames = self.subtitles.burn(frames, first_frame=self.frames_written, fps=self.fps)

@@ -24,5 +24,6 @@ def build_renderer(settings: Settings) -> AvatarRenderer:
             seed=cfg.seed,
             cache_dir=avatar_cache_dir(settings),
             threads=cfg.threads,
+            frame=cfg.frame,
         )
     raise ValueError(f"unknown render backend {cfg.backend!r}")  # config validation makes this unreachable

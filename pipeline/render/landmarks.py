@@ -4,6 +4,10 @@ FaceMesh ships inside the mediapipe 0.10.21 wheel, so nothing is downloaded at r
 detector looks at a 128 px copy of the whole picture and misses faces smaller than about a tenth of
 the frame; when the whole-picture pass finds nothing we search overlapping tiles, so that a small
 face is reported as FaceTooSmall (which the user can fix) rather than NoFaceFound.
+
+Photos on their side (rotated 90° with no EXIF orientation, as some apps send them) are turned
+upright from the landmarks' eye line, with a warning; faces turned far away from the camera, which
+a 2-D warp cannot animate convincingly, raise FaceTurnedAway (moderately turned ones: a warning).
 """
 
 from __future__ import annotations
@@ -14,12 +18,20 @@ import os
 import threading
 import warnings
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline.errors import FaceTooSmall, NoFaceFound, UnreadableImage
-from pipeline.render.topology import FACE_OVAL, N_LANDMARKS
+from pipeline.render.topology import (
+    CHEEK_EDGES,
+    FACE_OVAL,
+    LEFT_EYE_OUTER,
+    N_LANDMARKS,
+    NOSE_TIP,
+    RIGHT_EYE_OUTER,
+)
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +40,20 @@ MIN_FACE_PX = 64  # faces narrower than this (in the working image) give a blurr
 MAX_FACES = 4  # we look for several faces so that we can keep the largest one
 TILE = 384  # tiled search for small faces: tile side ...
 TILE_STRIDE = 256  # ... and step (the overlap keeps any face up to 128 px whole in some tile)
+SIDEWAYS_DEG = 45.0  # an eye line tilted more than this: the photo is on its side (or upside down)
+# Head turn (yaw) from where the nose tip sits between the cheek edges: 0 frontal .. 1 full profile.
+TURN_WARN = 0.3  # animates, but the warp will look flat: say so
+TURN_REFUSE = 0.6  # too far turned to animate: FaceTurnedAway
+
+
+class FaceTurnedAway(NoFaceFound):
+    """The face is seen too far from the side: a typed NoFaceFound with its own message."""
+
+    code: ClassVar[str] = "face_turned_away"
+    messages: ClassVar[dict[str, str]] = {
+        "en": "The face in that photo is turned away. Please send a portrait looking into the camera.",
+        "zh": "照片中的人脸侧得太厉害，请发送一张正对镜头的肖像照。",
+    }
 
 
 def decode_image(data: bytes) -> np.ndarray:
@@ -126,11 +152,68 @@ class FaceMeshDetector:
             raise NoFaceFound("no face in the image")
         faces.sort(key=lambda f: f.width, reverse=True)
         if len(faces) > 1:
-            log.info("found %d faces, using the largest (%.0f px wide)", len(faces), faces[0].width)
+            log.warning("found %d faces, using the largest (%.0f px wide)", len(faces), faces[0].width)
         face = faces[0]
+        turns = quarter_turns(face.points)
+        if turns:
+            log.warning(
+                "the face lies on its side (eye line at %.0f°): turning the photo upright", roll(face.points)
+            )
+            h, w = rgb.shape[:2]
+            upright_faces = self._faces(np.ascontiguousarray(np.rot90(rgb, turns)))
+            if upright_faces:
+                best = max(upright_faces, key=lambda f: f.width)
+                face = Face(turn_points(best.points, -turns, (w, h) if turns % 2 else (h, w)))
         if face.width < MIN_FACE_PX:
             raise FaceTooSmall(f"face is {face.width:.0f} px wide, need {MIN_FACE_PX}")
         return face
+
+
+def roll(points: np.ndarray) -> float:
+    """Angle of the eye line (outer corner to outer corner, viewer's left to right) in degrees."""
+    d = points[LEFT_EYE_OUTER] - points[RIGHT_EYE_OUTER]
+    return float(np.degrees(np.arctan2(d[1], d[0])))
+
+
+def quarter_turns(points: np.ndarray) -> int:
+    """How many counter-clockwise quarter turns (np.rot90's k) bring the face upright: 0 when it is."""
+    angle = roll(points)
+    return 0 if abs(angle) <= SIDEWAYS_DEG else round(angle / 90) % 4
+
+
+def turn_points(points: np.ndarray, k: int, shape: tuple[int, int]) -> np.ndarray:
+    """Landmarks of an (h, w) image, moved into np.rot90(image, k)."""
+    h, w = shape
+    p = np.asarray(points, dtype=np.float64).copy()
+    for _ in range(k % 4):  # one counter-clockwise quarter turn: (x, y) -> (y, w - x)
+        p = np.stack([p[:, 1], w - p[:, 0]], 1)
+        h, w = w, h
+    return p.astype(np.float32)
+
+
+def upright(rgb: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The photo and its landmarks turned so that the face is upright (unchanged when it is)."""
+    k = quarter_turns(points)
+    if not k:
+        return rgb, points
+    return np.ascontiguousarray(np.rot90(rgb, k)), turn_points(points, k, rgb.shape[:2])
+
+
+def head_turn(points: np.ndarray) -> float:
+    """0 for a frontal face .. 1 for a full profile: how far the nose tip is off the cheeks' middle."""
+    a, b = points[CHEEK_EDGES[0]], points[CHEEK_EDGES[1]]
+    axis = b - a
+    t = float(np.dot(points[NOSE_TIP] - a, axis) / max(float(np.dot(axis, axis)), 1e-6))
+    return min(1.0, abs(t - 0.5) * 2)
+
+
+def check_frontal(points: np.ndarray) -> None:
+    """Raise FaceTurnedAway for a face seen from the side; warn when it is noticeably turned."""
+    turn = head_turn(points)
+    if turn >= TURN_REFUSE:
+        raise FaceTurnedAway(f"the face is turned away from the camera (turn {turn:.2f})")
+    if turn >= TURN_WARN:
+        log.warning("the face is turned from the camera (turn %.2f): the animation will look flat", turn)
 
 
 def _tile_starts(length: int) -> list[int]:

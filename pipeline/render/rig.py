@@ -22,13 +22,15 @@ JAW_TRAVEL = 0.3  # full jaw opening (inner-lip gap at weight 1) / mouth width
 WIDE_STRETCH = 0.16  # half-width gained at weight +1 (lost at -1, i.e. rounded lips) / half-width
 WIDE_FLATTEN = 0.25  # vertical lip flattening at weight +1 (rounding at -1)
 BLINK_MEET = 0.8  # closed lids meet this far down from the upper lid towards the lower one
+BROW_LIFT = 0.035  # brow rise at weight 1 / face height: a visible raise that does not reach the hairline
+BROW_SKIN_SHARE = 0.45  # the skin just above the brows rises this share of the brow lift
 # Motion falls off outside the face oval: full within MASK_INNER x the oval radii, none beyond MASK_OUTER.
 MASK_INNER = 1.3
 MASK_OUTER = 1.9
 
 # Basis field order; the controls' first columns follow it.
-JAW, WIDE, BLINK = 0, 1, 2
-N_BASIS = 3
+JAW, WIDE, BLINK, BROW = 0, 1, 2, 3
+N_BASIS = 4
 
 Moves = dict[int, tuple[float, float]]  # landmark index -> forward displacement (dx, dy) in px
 
@@ -73,15 +75,20 @@ class Rig:
     prewarped: bool  # whether the photo's open mouth was closed for the rest pose
 
 
-def crop_face(rgb: np.ndarray, points: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """A size x size crop centred on the face, and the landmarks moved into it."""
+def crop_box(points: np.ndarray, height: int, width: int) -> tuple[float, float, float]:
+    """(left, top, side) of the square face crop in a height x width picture, kept inside it."""
     oval = points[list(T.FACE_OVAL)]
     (x0, y0), (x1, y1) = oval.min(0), oval.max(0)
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2 + CROP_DROP * (y1 - y0)
-    h, w = rgb.shape[:2]
-    side = min(CROP_SCALE * max(x1 - x0, y1 - y0), h, w)
-    left = float(np.clip(cx - side / 2, 0, w - side))
-    top = float(np.clip(cy - side / 2, 0, h - side))
+    side = float(min(CROP_SCALE * max(x1 - x0, y1 - y0), height, width))
+    left = float(np.clip(cx - side / 2, 0, width - side))
+    top = float(np.clip(cy - side / 2, 0, height - side))
+    return left, top, side
+
+
+def crop_face(rgb: np.ndarray, points: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A size x size crop centred on the face, and the landmarks moved into it."""
+    left, top, side = crop_box(points, *rgb.shape[:2])
     resample = Image.LANCZOS if side > size else Image.BICUBIC
     crop = Image.fromarray(rgb).resize((size, size), resample, box=(left, top, left + side, top + side))
     f = size / side
@@ -104,8 +111,9 @@ def _falloff(radius: torch.Tensor) -> torch.Tensor:
     return t * t * (3 - 2 * t)
 
 
-def _anchors(points: np.ndarray, size: int) -> np.ndarray:
-    """Points that stay put: rings around the face, the frame border, nose, cheeks, brows, eye corners."""
+def _anchors(points: np.ndarray, size: int, fixed: tuple[tuple[int, ...], ...] | None = None) -> np.ndarray:
+    """Points that stay put: rings around the face, the frame border, and `fixed` landmark groups
+    (by default nose, cheeks, brows and eye corners: what the mouth and the eyelids must not drag)."""
     oval = points[list(T.FACE_OVAL)]
     centre = oval.mean(0)
     t = np.linspace(0, size - 1, 9)
@@ -113,7 +121,7 @@ def _anchors(points: np.ndarray, size: int) -> np.ndarray:
     border = np.concatenate(
         [np.stack([t, zeros], 1), np.stack([t, far], 1), np.stack([zeros, t], 1), np.stack([far, t], 1)]
     )
-    fixed = [T.NOSE, T.CHEEKS, T.BROWS, T.EYE_CORNERS]
+    fixed = fixed if fixed is not None else (T.NOSE, T.CHEEKS, T.BROWS, T.EYE_CORNERS)
     anchors = np.concatenate(
         [centre + 1.35 * (oval - centre), centre + 1.8 * (oval - centre), border]
         + [points[list(idx)] for idx in fixed]
@@ -131,7 +139,7 @@ def _field(points: np.ndarray, anchors: np.ndarray, moves: Moves, size: int) -> 
 
 
 def _basis_moves(points: np.ndarray) -> list[Moves]:
-    """Forward landmark moves at unit weight for each basis field (JAW, WIDE, BLINK)."""
+    """Forward landmark moves at unit weight for each basis field (JAW, WIDE, BLINK, BROW)."""
     width = float(np.linalg.norm(points[61] - points[291]))
     u = JAW_TRAVEL * width
     jaw: Moves = {}
@@ -166,7 +174,15 @@ def _basis_moves(points: np.ndarray) -> list[Moves]:
         meet = points[upper] + BLINK_MEET * (points[lower] - points[upper])
         blink[upper] = tuple(meet - points[upper])
         blink[lower] = tuple(0.9 * (meet - points[lower]))
-    return [jaw, wide, blink]
+
+    # Brows rise; the skin just above them follows part way and the eyelids stay put, so the painted
+    # lids still fit the eyes during a raise (the forehead is anchored separately, see _brow_anchors).
+    oval = points[list(T.FACE_OVAL)]
+    lift = BROW_LIFT * float(oval[:, 1].max() - oval[:, 1].min())
+    brow: Moves = {i: (0.0, -lift) for i in T.BROW_LINES}
+    brow.update({i: (0.0, -BROW_SKIN_SHARE * lift) for i in T.BROW_SKIN})
+    brow.update({i: (0.0, 0.0) for pair in T.EYE_LIDS for i in pair})
+    return [jaw, wide, blink, brow]
 
 
 def _brightness(rgb: np.ndarray, points: np.ndarray) -> float:
@@ -196,11 +212,16 @@ def _region(mask: torch.Tensor, margin: int = 2) -> tuple[int, int, int, int]:
 def build_rig(rgb: np.ndarray, points: np.ndarray, size: int, device: torch.device) -> Rig:
     """Crop the photo around the face, close its mouth if open, and solve the basis fields."""
     crop, pts = crop_face(rgb, points, size)
+    return rig_from_crop(crop, pts, device)
+
+
+def rig_from_crop(crop: np.ndarray, pts: np.ndarray, device: torch.device) -> Rig:
+    """The rig of a square face crop (S, S, 3) uint8 whose landmarks `pts` are in crop px."""
+    size = crop.shape[0]
     axis = torch.arange(size, dtype=torch.float32)
     ys, xs = torch.meshgrid(axis, axis, indexing="ij")
     pixels = torch.stack([xs, ys], -1)  # (S, S, 2)
     mask = _falloff(_ellipse_radius(pixels, pts))
-    anchors = _anchors(pts, size)
     image = torch.from_numpy(crop).permute(2, 0, 1).float().div(255)[None]
 
     width = float(np.linalg.norm(pts[61] - pts[291]))
@@ -212,7 +233,10 @@ def build_rig(rgb: np.ndarray, points: np.ndarray, size: int, device: torch.devi
         crop = (image[0].permute(1, 2, 0) * 255 + 0.5).to(torch.uint8).numpy()
 
     moves = _basis_moves(pts)
-    basis = torch.stack([_field(pts, anchors, m, size) for m in moves]) * mask[None, ..., None]
+    anchors = _anchors(pts, size)
+    brow_anchors = _anchors(pts, size, (T.NOSE, T.CHEEKS, T.EYE_CORNERS, T.FOREHEAD))
+    fields = [_field(pts, brow_anchors if k == BROW else anchors, m, size) for k, m in enumerate(moves)]
+    basis = torch.stack(fields) * mask[None, ..., None]
     y0, y1, x0, x1 = _region(mask > 0)
 
     def forward(idx: tuple[int, ...]) -> torch.Tensor:

@@ -69,13 +69,22 @@ NOSE = (1, 2, 4, 5, 98, 327, 94, 195, 6, 168)
 CHEEKS = (50, 280, 205, 425, 123, 352, 116, 345, 187, 411)
 BROWS = (70, 63, 105, 66, 107, 300, 293, 334, 296, 336)
 EYE_CORNERS = (33, 133, 263, 362)
+NOSE_TIP = 1
+CHEEK_EDGES = (234, 454)  # the face's left and right edges at cheek height (viewer's left first)
 CHEEK_SKIN = 205  # a spot of plain cheek skin, for the brightness of the scene
+
+# Eyebrows (upper and lower edge, each brow), the skin just above them that follows a raise part
+# of the way, and the upper forehead that stays put (so the raise does not shift the hairline).
+BROW_LINES = (70, 63, 105, 66, 107, 46, 53, 52, 65, 55, 300, 293, 334, 296, 336, 276, 283, 282, 295, 285)
+BROW_SKIN = (9, 151, 108, 337, 69, 299, 104, 333)
+FOREHEAD = (10, 109, 338, 67, 297, 103, 332)
 
 # Eyelids: (upper, lower) pairs, each eye from its outer to its inner corner region.
 RIGHT_EYE_LIDS = ((246, 7), (161, 163), (160, 144), (159, 145), (158, 153), (157, 154), (173, 155))
 LEFT_EYE_LIDS = ((466, 249), (388, 390), (387, 373), (386, 374), (385, 380), (384, 381), (398, 382))
 EYE_LIDS = RIGHT_EYE_LIDS + LEFT_EYE_LIDS
 RIGHT_EYE_CORNERS = (33, 133)  # outer, inner
+RIGHT_EYE_OUTER, LEFT_EYE_OUTER = 33, 263
 LEFT_EYE_CORNERS = (263, 362)
 # Aperture outlines (corner, upper lid, corner, lower lid back), for measuring how open an eye is.
 RIGHT_EYE_OUTLINE = (33, 246, 161, 160, 159, 158, 157, 173, 133, 155, 154, 153, 145, 144, 163, 7)

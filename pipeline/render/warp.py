@@ -1,9 +1,11 @@
 """The weight-free "warp" renderer: landmark-driven thin-plate-spline warps of the photo itself.
 
 Per photo (`prepare`, cached): FaceMesh landmarks, a square face crop with the mouth closed, and one
-displacement field per control (jaw, lips wide/round, blink). Per frame: a weighted sum of the
-fields plus a masked head motion, one batched grid_sample, and the painted mouth interior. Only the
-region around the head is ever resampled; the rest of every frame is the photo, byte for byte.
+displacement field per control (jaw, lips wide/round, blink, brow raise). Per frame: a weighted sum of
+the fields plus a masked head motion (sway and emphasis nods), one batched grid_sample, and the
+painted mouth interior and eyelids. Only the region around the head is ever resampled; the rest of
+every frame is the photo, byte for byte. The frame is either that square crop or, with
+frame="photo", the whole picture with the crop pasted back in (framing.py).
 """
 
 from __future__ import annotations
@@ -22,30 +24,50 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.render.emphasis import emphasis_controls
 from pipeline.render.eyes import paint_lids
-from pipeline.render.landmarks import decode_image, shared_detector
+from pipeline.render.framing import FRAMES, Backdrop, backdrop, paste, photo_layout
+from pipeline.render.landmarks import check_frontal, decode_image, shared_detector, upright
 from pipeline.render.motion import blink_curve, head_sway
 from pipeline.render.mouth import paint_mouth
-from pipeline.render.rig import BLINK, N_BASIS, Rig, build_rig
+from pipeline.render.rig import BLINK, N_BASIS, Rig, build_rig, rig_from_crop
 from pipeline.render.visemes import mouth_controls
 from pipeline.types import Speech
 
 log = logging.getLogger(__name__)
 
-LANDMARK_CACHE_VERSION = 1  # bump when decoding or detection changes what landmarks a photo gets
+LANDMARK_CACHE_VERSION = 2  # bump when decoding or detection changes what landmarks a photo gets
 MIN_SIZE, MAX_SIZE = 64, 2048
-# Columns of the per-frame control matrix: the basis weights, then the head motion.
-JAW_COL, WIDE_COL, BLINK_COL, ROT_COL, SHIFT_X_COL, SHIFT_Y_COL = range(6)
-N_CONTROLS = 6
+# Columns of the per-frame control matrix: the basis weights (rig.py's order), then the head motion.
+JAW_COL, WIDE_COL, BLINK_COL, BROW_COL, ROT_COL, SHIFT_X_COL, SHIFT_Y_COL, NOD_COL = range(8)
+N_CONTROLS = 8
+# A nod at weight 1: the head pitches forward, drawn as a vertical squash towards the pivot under the
+# chin (the forehead travels further than the chin, as in a real nod) plus a small drop.
+NOD_SQUASH = 0.035
+NOD_DROP = 0.006  # fraction of the crop side
 
 
 @dataclass(frozen=True)
 class WarpAvatar:
-    """A prepared photo: implements PreparedAvatar."""
+    """A prepared photo: implements PreparedAvatar.
+
+    `size` is the longer frame side (the square side for frame="square"); `width` x `height` is the
+    frame. A photo-mode avatar carries its `square` variant, for video notes (variants.square_avatar).
+    """
 
     key: str
     size: int
     rig: Rig
+    width: int = 0
+    height: int = 0
+    frame: str = "square"
+    backdrop: Backdrop | None = None
+    square: WarpAvatar | None = None
+
+    def __post_init__(self) -> None:
+        if not self.width or not self.height:  # square by default
+            object.__setattr__(self, "width", self.size)
+            object.__setattr__(self, "height", self.size)
 
 
 def pick_device(device: str) -> torch.device:
@@ -69,9 +91,13 @@ class WarpRenderer:
         cache_dir: Path | None = None,
         threads: int = 0,
         max_cached: int = 8,
+        frame: str = "square",
     ) -> None:
         if batch < 1:
             raise ValueError("batch must be >= 1")
+        if frame not in FRAMES:
+            raise ValueError(f"frame must be one of {FRAMES}, got {frame!r}")
+        self.frame = frame
         self.device = pick_device(device)
         self.batch = batch
         self.seed = seed
@@ -83,26 +109,66 @@ class WarpRenderer:
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ prepare
-    def prepare(self, image: bytes, size: int) -> WarpAvatar:
-        """Analyse a photo once per size. Raises UnreadableImage, NoFaceFound or FaceTooSmall."""
+    def prepare(self, image: bytes, size: int, *, frame: str | None = None) -> WarpAvatar:
+        """Analyse a photo once per size and frame kind (default: the renderer's `frame`).
+
+        Raises UnreadableImage, NoFaceFound (or its FaceTurnedAway) or FaceTooSmall. A "photo"
+        avatar is built together with its square variant, which video notes need.
+        """
         if not MIN_SIZE <= size <= MAX_SIZE:
             raise ValueError(f"size must be in [{MIN_SIZE}, {MAX_SIZE}], got {size}")
+        frame = frame or self.frame
+        if frame not in FRAMES:
+            raise ValueError(f"frame must be one of {FRAMES}, got {frame!r}")
         digest = hashlib.sha256(image).hexdigest()
-        key = f"{digest[:32]}-{size}"
-        with self._lock:
-            if key in self._avatars:
-                self._avatars.move_to_end(key)
-                return self._avatars[key]
-        rgb = decode_image(image)
-        points = self._landmarks(digest, rgb)
+        square_key = f"{digest[:32]}-{size}"
+        key = square_key if frame == "square" else f"{square_key}-{frame}"
+        cached = self._cached(key)
+        if cached is not None:
+            return cached
+        rgb, points = upright(*self._decode(digest, image))
+        check_frontal(points)
+        square = self._cached(square_key)
         with torch.no_grad():
-            rig = build_rig(rgb, points, size, self.device)
-        avatar = WarpAvatar(key=key, size=size, rig=rig)
+            if square is None:
+                square = self._store(
+                    WarpAvatar(key=square_key, size=size, rig=build_rig(rgb, points, size, self.device))
+                )
+            if frame == "square":
+                return square
+            layout = photo_layout(rgb, points, size)
+            rig = rig_from_crop(layout.crop, layout.points - [layout.left, layout.top], self.device)
+        stage = backdrop(layout, rig.still, rig.roi)
+        return self._store(
+            WarpAvatar(
+                key=key,
+                size=max(stage.width, stage.height),
+                rig=rig,
+                width=stage.width,
+                height=stage.height,
+                frame=frame,
+                backdrop=stage,
+                square=square,
+            )
+        )
+
+    def _cached(self, key: str) -> WarpAvatar | None:
         with self._lock:
-            self._avatars[key] = avatar
+            avatar = self._avatars.get(key)
+            if avatar is not None:
+                self._avatars.move_to_end(key)
+            return avatar
+
+    def _store(self, avatar: WarpAvatar) -> WarpAvatar:
+        with self._lock:
+            self._avatars[avatar.key] = avatar
             while len(self._avatars) > self.max_cached:
                 self._avatars.popitem(last=False)
         return avatar
+
+    def _decode(self, digest: str, image: bytes) -> tuple[np.ndarray, np.ndarray]:
+        rgb = decode_image(image)
+        return rgb, self._landmarks(digest, rgb)
 
     def _landmarks(self, digest: str, rgb: np.ndarray) -> np.ndarray:
         """FaceMesh landmarks of the decoded photo, from the disk cache when it has them."""
@@ -128,10 +194,12 @@ class WarpRenderer:
 
     # ------------------------------------------------------------------ controls
     def controls(self, speech: Speech, *, fps: int, start_time: float, n_frames: int) -> np.ndarray:
-        """(n_frames, 6) per-frame controls: jaw, wide, blink weights, head rotation, x/y shift.
+        """(n_frames, N_CONTROLS) per-frame controls: jaw, wide, blink, brow weights, head rotation,
+        x/y shift, nod.
 
-        Mouth controls follow the speech (speech-relative time); blinks and sway follow absolute clip
-        time, so consecutive sentences join up.
+        Mouth and emphasis (brow, nod) follow the speech (speech-relative time; emphasis is 0 at both
+        ends of the sentence); blinks and sway follow absolute clip time, so consecutive sentences
+        join up.
         """
         local = np.arange(n_frames, dtype=np.float64) / fps
         absolute = start_time + local
@@ -139,6 +207,7 @@ class WarpRenderer:
         if n_frames == 0:
             return out
         out[:, [JAW_COL, WIDE_COL]] = mouth_controls(speech, local)
+        out[:, [NOD_COL, BROW_COL]] = emphasis_controls(speech, local)
         out[:, BLINK_COL] = blink_curve(absolute, self.seed)
         out[:, [ROT_COL, SHIFT_X_COL, SHIFT_Y_COL]] = head_sway(absolute, self.seed)
         return out
@@ -147,7 +216,7 @@ class WarpRenderer:
     def render(
         self, avatar: WarpAvatar, speech: Speech, *, fps: int, start_time: float, n_frames: int
     ) -> Iterator[np.ndarray]:
-        """Yield uint8 (batch, size, size, 3) frames, exactly n_frames in total."""
+        """Yield uint8 (batch, height, width, 3) frames, exactly n_frames in total."""
         if fps <= 0:
             raise ValueError("fps must be positive")
         if n_frames < 0:
@@ -155,24 +224,28 @@ class WarpRenderer:
         controls = torch.from_numpy(self.controls(speech, fps=fps, start_time=start_time, n_frames=n_frames))
         for i in range(0, n_frames, self.batch):
             with torch.no_grad():
-                yield render_frames(avatar.rig, controls[i : i + self.batch].to(self.device))
+                yield render_frames(avatar.rig, controls[i : i + self.batch].to(self.device), avatar.backdrop)
 
 
-def render_frames(rig: Rig, controls: torch.Tensor) -> np.ndarray:
-    """Frames (B, S, S, 3) uint8 for controls (B, 6)."""
+def render_frames(rig: Rig, controls: torch.Tensor, stage: Backdrop | None = None) -> np.ndarray:
+    """Frames (B, H, W, 3) uint8 for controls (B, N_CONTROLS): the crop, or `stage` with it pasted in."""
     b = controls.shape[0]
     size = rig.size
     weights = controls[:, :N_BASIS]
-    rot, shift = controls[:, ROT_COL], controls[:, [SHIFT_X_COL, SHIFT_Y_COL]] * size
+    nod = controls[:, NOD_COL]
+    rot = controls[:, ROT_COL]
+    shift = controls[:, [SHIFT_X_COL, SHIFT_Y_COL]] * size
+    shift = shift + torch.stack([torch.zeros_like(nod), NOD_DROP * size * nod], 1)
+    squash = (1 - NOD_SQUASH * nod)[:, None, None]
     cos, sin = torch.cos(rot)[:, None, None], torch.sin(rot)[:, None, None]
 
-    # Backward map: undo the head motion (rotate by -rot about the pivot, shift back), then the face
-    # deformation; the head mask fades the head motion out towards the background.
+    # Backward map: undo the head motion (shift back, rotate by -rot and unsquash about the pivot),
+    # then the face deformation; the head mask fades the head motion out towards the background.
     offsets = torch.einsum("bk,khwc->bhwc", weights, rig.basis)
     rel = rig.pixels - rig.pivot  # (h, w, 2)
     rx, ry = rel[..., 0][None] - shift[:, 0, None, None], rel[..., 1][None] - shift[:, 1, None, None]
     head_x = cos * rx + sin * ry - rel[..., 0][None]
-    head_y = -sin * rx + cos * ry - rel[..., 1][None]
+    head_y = (-sin * rx + cos * ry) / squash - rel[..., 1][None]
     offsets = offsets + torch.stack([head_x, head_y], -1) * rig.head_mask[None, ..., None]
     grid = (rig.pixels[None] + offsets) * (2.0 / (size - 1)) - 1
     region = F.grid_sample(
@@ -181,7 +254,7 @@ def render_frames(rig: Rig, controls: torch.Tensor) -> np.ndarray:
 
     # The inner lips, moved forward the same way (they sit where the head mask is 1).
     mouth = rig.mouth
-    head = (rig, cos, sin, shift)
+    head = (rig, cos, sin, squash, shift)
     upper = _head_forward(mouth.upper + torch.einsum("bk,knc->bnc", weights, mouth.upper_moves), *head)
     lower = _head_forward(mouth.lower + torch.einsum("bk,knc->bnc", weights, mouth.lower_moves), *head)
     y0, y1, x0, x1 = rig.roi
@@ -196,17 +269,25 @@ def render_frames(rig: Rig, controls: torch.Tensor) -> np.ndarray:
         paint_lids(region, (y0, x0), upper, lower, controls[:, BLINK_COL])
 
     pixels = (region.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    if stage is not None:
+        return paste(pixels, stage, rig.roi)
     frames = np.repeat(rig.still[None], b, axis=0)
     frames[:, y0:y1, x0:x1] = pixels
     return frames
 
 
 def _head_forward(
-    points: torch.Tensor, rig: Rig, cos: torch.Tensor, sin: torch.Tensor, shift: torch.Tensor
+    points: torch.Tensor,
+    rig: Rig,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    squash: torch.Tensor,
+    shift: torch.Tensor,
 ) -> torch.Tensor:
     """Forward head motion of points (B, N, 2): the exact inverse of the backward map above."""
     rel = points - rig.pivot
-    c, s = cos[:, :, 0], sin[:, :, 0]  # (B, 1)
-    x = c * rel[..., 0] - s * rel[..., 1] + shift[:, :1]
-    y = s * rel[..., 0] + c * rel[..., 1] + shift[:, 1:]
+    c, s, q = cos[:, :, 0], sin[:, :, 0], squash[:, :, 0]  # (B, 1)
+    ry = q * rel[..., 1]
+    x = c * rel[..., 0] - s * ry + shift[:, :1]
+    y = s * rel[..., 0] + c * ry + shift[:, 1:]
     return torch.stack([x, y], -1) + rig.pivot
