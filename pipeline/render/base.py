@@ -19,7 +19,9 @@ class PreparedAvatar(Protocol):
     """Everything a renderer computes once per photo and output size."""
 
     key: str  # content hash of the photo plus the output size
-    size: int  # output frames are size x size pixels
+    size: int  # the longer side of the output frames, in pixels
+    width: int  # output frame width (= size for the square face crop)
+    height: int
 
 
 class AvatarRenderer(Protocol):
@@ -30,7 +32,7 @@ class AvatarRenderer(Protocol):
     def render(
         self, avatar: PreparedAvatar, speech: Speech, *, fps: int, start_time: float, n_frames: int
     ) -> Iterator[np.ndarray]:
-        """Yield frames for `speech` as uint8 arrays of shape (batch, size, size, 3).
+        """Yield frames for `speech` as uint8 arrays of shape (batch, height, width, 3).
 
         `start_time` is where this speech begins in the whole clip, so that idle motion (blinks,
         head sway) continues smoothly across sentences; exactly `n_frames` frames are yielded.
