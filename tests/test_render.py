@@ -376,11 +376,12 @@ def test_exif_rotated_photo(renderer: WarpRenderer, photo: bytes, avatar: WarpAv
     assert np.abs(rotated.rig.points - avatar.rig.points).max() < 4  # same face, same place
 
 
-def test_webp_photo(renderer: WarpRenderer, photo: bytes, avatar: WarpAvatar):
+@pytest.mark.parametrize("fmt", ["WEBP", "HEIF"])
+def test_webp_and_heic_photos(renderer: WarpRenderer, photo: bytes, avatar: WarpAvatar, fmt: str):
     buf = io.BytesIO()
-    Image.open(io.BytesIO(photo)).save(buf, format="WEBP", quality=90)
-    webp = renderer.prepare(buf.getvalue(), SIZE)
-    assert np.abs(webp.rig.points - avatar.rig.points).max() < 3
+    Image.open(io.BytesIO(photo)).save(buf, format=fmt, quality=90)
+    prepared = renderer.prepare(buf.getvalue(), SIZE)
+    assert np.abs(prepared.rig.points - avatar.rig.points).max() < 3
 
 
 def test_two_faces_use_the_larger_and_say_so(

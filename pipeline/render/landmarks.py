@@ -56,8 +56,20 @@ class FaceTurnedAway(NoFaceFound):
     }
 
 
+def _register_heif() -> None:
+    """iPhones send HEIC; pillow-heif's wheel carries libheif, so PIL can open it once registered."""
+    try:
+        import pillow_heif
+    except ImportError:  # optional: without it HEIC photos are refused as unreadable
+        return
+    pillow_heif.register_heif_opener()
+
+
+_register_heif()
+
+
 def decode_image(data: bytes) -> np.ndarray:
-    """Decode photo bytes to an RGB uint8 array, upright (EXIF orientation applied), <= MAX_IMAGE_SIDE.
+    """Decode photo bytes (JPEG, PNG, WebP, HEIC, ...) to an upright RGB uint8 array, <= MAX_IMAGE_SIDE.
 
     Raises UnreadableImage for anything PIL cannot decode (not an image, truncated, zero-sized).
     """
