@@ -14,6 +14,8 @@ import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from bots.discord.bot import DiscordBot
+from bots.discord.options import DiscordOptions
 from bots.http.app import HttpOptions
 from bots.http.server import HttpServer
 from bots.jobs import JobStore
@@ -57,7 +59,10 @@ class Components:
 
 
 def configured_adapters(settings: Settings, environ: Mapping[str, str]) -> list[str]:
-    return ["telegram"] if TelegramOptions.from_env(environ, settings) else []
+    names = ["telegram"] if TelegramOptions.from_env(environ, settings) else []
+    if DiscordOptions.from_env(environ, settings):
+        names.append("discord")
+    return names
 
 
 async def serve(settings: Settings, environ: Mapping[str, str] | None = None) -> None:
@@ -76,6 +81,17 @@ async def serve(settings: Settings, environ: Mapping[str, str] | None = None) ->
                 components.knowledge,
                 components.service,
                 components.jobs,
+            )
+        )
+    discord_options = DiscordOptions.from_env(environ, settings)
+    if discord_options is not None:
+        adapters.append(
+            DiscordBot(
+                discord_options,
+                components.pipeline,
+                components.memory,
+                components.knowledge,
+                components.service,
             )
         )
     stop = asyncio.Event()

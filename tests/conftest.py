@@ -40,3 +40,18 @@ def models_installed(session_settings: Settings) -> Settings:
     if missing:
         pytest.fail(f"default models missing: {missing}; run `python run_bots.py models install`")
     return session_settings
+
+
+@pytest.fixture(scope="module")
+def stages(tmp_path_factory: pytest.TempPathFactory):
+    """Real TTS and renderer at 256 px: slow to build and stateless, so shared by a test module."""
+    from pipeline.render.factory import build_renderer
+    from pipeline.tts.factory import build_synthesizer
+
+    s = load_settings(
+        environ={
+            "TALKTWIN_RENDER__SIZE": "256",
+            "TALKTWIN_PATHS__DATA_DIR": str(tmp_path_factory.mktemp("d")),
+        }
+    )
+    return build_synthesizer(s), build_renderer(s)

@@ -19,20 +19,7 @@ from memory.store import MemoryStore
 from pipeline.config import load_settings
 from pipeline.errors import ConfigError
 from pipeline.orchestrator import ReplyPipeline
-from pipeline.render.factory import build_renderer
-from pipeline.tts.factory import build_synthesizer
 from tests.helpers import NoRecognizer, ScriptedChat, probe_mp4
-
-
-@pytest.fixture(scope="module")
-def stages(tmp_path_factory: pytest.TempPathFactory):
-    s = load_settings(
-        environ={
-            "TALKTWIN_RENDER__SIZE": "256",
-            "TALKTWIN_PATHS__DATA_DIR": str(tmp_path_factory.mktemp("d")),
-        }
-    )
-    return build_synthesizer(s), build_renderer(s)
 
 
 def make_components(tmp_path: Path, stages, **env: str) -> Components:

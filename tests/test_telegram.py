@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import re
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import replace
@@ -18,7 +17,7 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 import pytest
-from PIL import Image, ImageOps
+from PIL import Image
 
 from bots.jobs import JobStore
 from bots.service import ReplyService
@@ -32,9 +31,8 @@ from pipeline.llm.base import ChatMessage
 from pipeline.media.ffmpeg import run_ffmpeg
 from pipeline.media.video_output import write_wav
 from pipeline.orchestrator import ReplyPipeline
-from pipeline.render.factory import build_renderer
-from pipeline.tts.factory import build_synthesizer
 from pipeline.types import VoiceSettings
+from tests.bot_helpers import RuleChat, portrait, probe_mp4_bytes
 from tests.fakes.telegram_server import (
     BOT_ID,
     BOT_USERNAME,
@@ -45,31 +43,7 @@ from tests.fakes.telegram_server import (
     message_update,
     user,
 )
-from tests.helpers import NoRecognizer, probe_mp4
-
-
-class RuleChat:
-    """A predictable chat model: recalls "my name is X" from the conversation, else a fixed line.
-
-    It records every prompt, so tests can see what context (memory, documents) reached the model.
-    """
-
-    def __init__(self, delay_s: float = 0.0) -> None:
-        self.delay_s = delay_s
-        self.prompts: list[list[ChatMessage]] = []
-
-    def stream(
-        self, messages: Sequence[ChatMessage], *, max_tokens: int, temperature: float
-    ) -> Iterator[str]:
-        self.prompts.append(list(messages))
-        time.sleep(self.delay_s)
-        names = [
-            m for msg in messages if msg.role == "user" for m in re.findall(r"my name is (\w+)", msg.content)
-        ]
-        if "what is my name" in messages[-1].content.lower():
-            yield f"Your name is {names[-1]}." if names else "I don't know your name yet."
-        else:
-            yield "Nice to hear from you. Let me think about that."
+from tests.helpers import NoRecognizer
 
 
 @pytest.fixture(scope="module")
@@ -84,18 +58,6 @@ def settings(tmp_path: Path) -> Settings:
     return load_settings(
         environ={"TALKTWIN_PATHS__DATA_DIR": str(tmp_path / "data"), "TALKTWIN_RENDER__SIZE": "256"}
     )
-
-
-@pytest.fixture(scope="module")
-def stages(tmp_path_factory: pytest.TempPathFactory):
-    """The expensive, stateless stages, shared by every test in this module."""
-    s = load_settings(
-        environ={
-            "TALKTWIN_RENDER__SIZE": "256",
-            "TALKTWIN_PATHS__DATA_DIR": str(tmp_path_factory.mktemp("d")),
-        }
-    )
-    return build_synthesizer(s), build_renderer(s)
 
 
 def options(server: FakeBotApi, **changes) -> TelegramOptions:
@@ -148,17 +110,6 @@ class Harness:
         return await asyncio.to_thread(self.server.wait_texts, chat_id, list(expected))
 
 
-def _photo(mirror: bool = False) -> bytes:
-    from pipeline.config import PROJECT_ROOT
-
-    img = Image.open(PROJECT_ROOT / "assets" / "avatar.jpg")
-    if mirror:
-        img = ImageOps.mirror(img).crop((20, 0, 512, 492))
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG")
-    return buf.getvalue()
-
-
 def test_text_message_gets_a_square_video_note_with_audio(server, settings, stages):
     alice = user(101)
 
@@ -201,7 +152,7 @@ def test_commands_answer_in_the_users_language(server, settings, stages):
 
 def test_photo_becomes_the_avatar_used_for_the_next_reply(server, settings, stages):
     bob = user(103)
-    photo = _photo(mirror=True)
+    photo = portrait(mirror=True)
 
     async def scenario(h: Harness) -> None:
         server.push(message_update(bob, text="Hi"))
@@ -488,15 +439,6 @@ class AnswerRecorder:
             yield piece
 
 
-def probe_mp4_bytes(data: bytes):
-    import tempfile
-
-    with tempfile.NamedTemporaryFile(suffix=".mp4") as f:
-        f.write(data)
-        f.flush()
-        return probe_mp4(Path(f.name))
-
-
 @pytest.fixture
 def unused_tcp_port() -> int:
     import socket
@@ -578,10 +520,10 @@ def test_kb_reset_and_avatar_commands(server, settings, stages):
         await h.wait_texts(114, "OK, a fresh start.")
         assert h.memory.context_for(key, key, "What is my name?").history == ()
 
-        h.memory.set_avatar(key, _photo(mirror=True))
+        h.memory.set_avatar(key, portrait(mirror=True))
         server.push(message_update(kim, **command("/avatar")))
         (shown,) = await h.wait("sendPhoto", chat_id=114)
-        assert shown.files["photo"] == _photo(mirror=True)
+        assert shown.files["photo"] == portrait(mirror=True)
         server.push(message_update(kim, **command("/avatar reset")))
         await h.wait_texts(114, "Back to the default avatar.")
         assert h.memory.avatar(key) is None

@@ -20,7 +20,7 @@ import uvicorn
 from bots.http.app import HttpOptions, create_app
 from pipeline.config import PROJECT_ROOT
 from pipeline.types import Audio, Transcript
-from tests.test_http import make_components, stages  # noqa: F401 - the module-scoped fixture
+from tests.test_http import make_components
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(
@@ -41,7 +41,7 @@ class HeardRecognizer:
 
 
 @pytest.fixture
-def served(tmp_path: Path, stages) -> Iterator[tuple[str, HeardRecognizer]]:  # noqa: F811
+def served(tmp_path: Path, stages) -> Iterator[tuple[str, HeardRecognizer]]:
     components = make_components(tmp_path, stages)
     recognizer = HeardRecognizer()
     components.pipeline.recognizer = recognizer
