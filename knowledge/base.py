@@ -222,16 +222,19 @@ class KnowledgeBase:
     def search(self, user: str, query: str, k: int | None = None) -> list[Passage]:
         """The best passages for `query` from the user's and the shared documents, thresholded."""
         k = k or self.top_k
-        if not query.strip():
-            return []
+        scopes = [
+            (scope, col)
+            for scope, col in (
+                ("user", self._user_collection(user, create=False)),
+                (SHARED, self._collection(SHARED_COLLECTION, create=False)),
+            )
+            if col is not None and col.count() > 0
+        ]
+        if not query.strip() or not scopes:
+            return []  # nothing to search: the embedding model is not even loaded
         vector = embed([query])[0].tolist()
         found: list[Passage] = []
-        for scope, col in (
-            ("user", self._user_collection(user, create=False)),
-            (SHARED, self._collection(SHARED_COLLECTION, create=False)),
-        ):
-            if col is None or col.count() == 0:
-                continue
+        for scope, col in scopes:
             res = col.query(query_embeddings=[vector], n_results=min(k, col.count()))
             rows = zip(res["documents"][0], res["metadatas"][0], res["distances"][0], strict=True)
             for text, meta, dist in rows:
