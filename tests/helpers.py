@@ -99,15 +99,16 @@ def mouth_openness(frames: np.ndarray) -> np.ndarray:
     return out
 
 
+def frame_loudness(info: Mp4Info) -> np.ndarray:
+    """RMS of the sound track over each video frame's time span."""
+    per_frame = info.sample_rate / info.fps
+    spans = (info.audio[int(i * per_frame) : int((i + 1) * per_frame)] for i in range(len(info.frames)))
+    return np.array([np.sqrt(np.mean(span**2) + 1e-12) for span in spans])
+
+
 def voiced_and_silent_frames(info: Mp4Info) -> tuple[list[int], list[int]]:
     """Frame indices whose audio is clearly speech, and clearly silence."""
-    per_frame = info.sample_rate / info.fps
-    rms = np.array(
-        [
-            np.sqrt(np.mean(info.audio[int(i * per_frame) : int((i + 1) * per_frame)] ** 2) + 1e-12)
-            for i in range(len(info.frames))
-        ]
-    )
+    rms = frame_loudness(info)
     loud = rms.max()
     return [i for i in range(len(rms)) if rms[i] > 0.3 * loud], [
         i for i in range(len(rms)) if rms[i] < 0.01 * loud
@@ -124,13 +125,7 @@ class LipSync:
 def lip_sync(info: Mp4Info) -> LipSync:
     """How the re-detected mouth opening follows the sound track of a rendered clip."""
     openness = mouth_openness(info.frames)
-    per_frame = info.sample_rate / info.fps
-    loudness = np.array(
-        [
-            np.sqrt(np.mean(info.audio[int(i * per_frame) : int((i + 1) * per_frame)] ** 2) + 1e-12)
-            for i in range(len(info.frames))
-        ]
-    )
+    loudness = frame_loudness(info)
     voiced, silent = voiced_and_silent_frames(info)
     assert voiced and silent, "expected both speech and pauses in the clip"
     return LipSync(
