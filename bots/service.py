@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from bots.metrics import Metrics
+from pipeline.cancel import Cancelled, CancelToken
 from pipeline.errors import TalkTwinError
 
 T = TypeVar("T")
@@ -36,6 +37,7 @@ class _UserState:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     pending: int = 0  # admitted jobs not finished yet, the running one included
     recent: deque[float] = field(default_factory=deque)  # admission times within the rate window
+    tokens: list[CancelToken] = field(default_factory=list)  # of the user's jobs waiting or running
 
 
 class ReplyService:
@@ -83,10 +85,17 @@ class ReplyService:
             state.pending += 1
             return (Admission.QUEUED if state.pending > 1 else Admission.RUN_NOW), 0.0
 
-    async def run(self, user: str, fn: Callable[..., T], *args: object) -> T:
-        """Run an admitted job on the worker thread, after the user's earlier jobs."""
+    async def run(
+        self, user: str, fn: Callable[..., T], *args: object, token: CancelToken | None = None
+    ) -> T:
+        """Run an admitted job on the worker thread, after the user's earlier jobs.
+
+        With a `token`, `cancel(user)` can stop the job while it waits or runs.
+        """
         state = self._users[user]
         outcome = "failed"
+        if token is not None:
+            state.tokens.append(token)
         try:
             async with state.lock:
                 loop = asyncio.get_running_loop()
@@ -96,6 +105,9 @@ class ReplyService:
             if timings is not None:
                 self.metrics.observe_stages(timings.seconds)
             return result
+        except Cancelled:
+            outcome = "cancelled"
+            raise
         except TalkTwinError:
             outcome = "user_error"
             raise
@@ -103,6 +115,16 @@ class ReplyService:
             self.metrics.count(outcome)
             with self._guard:
                 state.pending -= 1
+                if token is not None:
+                    state.tokens.remove(token)
+
+    def cancel(self, user: str) -> bool:
+        """Stop every job of `user` that is waiting or running; False when there is none."""
+        with self._guard:
+            tokens = list(self._users[user].tokens) if user in self._users else []
+        for token in tokens:
+            token.cancel()
+        return bool(tokens)
 
     async def call(self, fn: Callable[..., T], *args: object) -> T:
         """Run quick blocking work (a face check, a file parse) off the loop, outside the job queue."""

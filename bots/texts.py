@@ -27,7 +27,8 @@ TEXTS: dict[str, dict[str, str]] = {
             "/reset – start a new conversation\n"
             "/forget – delete everything I know about you\n"
             "/kb – your documents; /kb remove NAME\n"
-            "/lang – en or zh"
+            "/lang – en or zh\n"
+            "/cancel – stop the reply in work"
         ),
         "zh": (
             "/avatar – 查看头像；/avatar reset – 恢复默认头像\n"
@@ -36,7 +37,8 @@ TEXTS: dict[str, dict[str, str]] = {
             "/reset – 开始新的对话\n"
             "/forget – 删除我关于你的全部数据\n"
             "/kb – 你的文档；/kb remove 文件名\n"
-            "/lang – en 或 zh"
+            "/lang – en 或 zh\n"
+            "/cancel – 停止正在生成的回复"
         ),
     },
     "cmd_start": {"en": "Start and introduction", "zh": "开始与介绍"},
@@ -51,6 +53,8 @@ TEXTS: dict[str, dict[str, str]] = {
     "cmd_forget": {"en": "Delete all your data", "zh": "删除你的全部数据"},
     "cmd_kb": {"en": "List or remove your documents", "zh": "查看或删除你的文档"},
     "cmd_lang": {"en": "Language: en or zh", "zh": "语言：en 或 zh"},
+    "cmd_cancel": {"en": "Stop the reply in work", "zh": "停止正在生成的回复"},
+    "cancel_nothing": {"en": "There is nothing to stop.", "zh": "现在没有需要停止的任务。"},
     "unknown_command": {
         "en": "I don't know the command {command}. /help lists the ones I know.",
         "zh": "我不认识命令 {command}。/help 可以查看所有命令。",

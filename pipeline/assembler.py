@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.cancel import CancelToken
 from pipeline.media.audio_input import resample
 from pipeline.media.ffmpeg import run_ffmpeg
 from pipeline.media.subtitles import SubtitleBurner
@@ -50,6 +51,7 @@ class ReplyAssembler:
         writer_options: dict,
         subtitles: SubtitleBurner | None,
         timings: StageTimings,
+        token: CancelToken | None = None,
     ) -> None:
         if fmt not in FORMATS:
             raise ValueError(f"unknown reply format {fmt!r}")
@@ -68,6 +70,7 @@ class ReplyAssembler:
         self.max_seconds = max_seconds
         self.subtitles = subtitles
         self.timings = timings
+        self.token = token or CancelToken()
         self.spoken: list[str] = []
         self.engines: set[str] = set()
         self.truncated = False
@@ -86,6 +89,7 @@ class ReplyAssembler:
 
     def add(self, sentence: str) -> Speech | None:
         """Speak (and render) one sentence; None when it had nothing speakable or did not fit."""
+        self.token.check()
         text = clean_for_speech(sentence)
         if self.truncated or not has_speakable_text(text):
             return None
@@ -123,6 +127,7 @@ class ReplyAssembler:
             render_s += time.perf_counter() - t1
             if frames is None:
                 break
+            self.token.check()
             self._writer.write(frames)
         self.timings.add("render", render_s)
         self.timings.add("encode", time.perf_counter() - t0 - render_s)

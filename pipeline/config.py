@@ -39,6 +39,8 @@ class LimitSettings(_Section):
 
 class ReplySettings(_Section):
     overlap: Literal["auto", "on", "off"]
+    timeout_s: float = Field(gt=0)
+    llm_timeout_s: float = Field(gt=0)
 
 
 class AsrSettings(_Section):

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from pipeline.asr.base import SpeechRecognizer
 from pipeline.assembler import ReplyAssembler
+from pipeline.cancel import CancelToken
 from pipeline.config import Settings
 from pipeline.context import ConversationContext, ReplyContext
 from pipeline.errors import EmptyText, TextTooLong
@@ -53,6 +54,7 @@ class ReplyRequest:
     format: str | None = None  # "video_note" | "video" | "voice" | "text"; None = configured
     subtitles: bool | None = None  # None = configured
     conversation: str = ""  # memory thread, e.g. "telegram:-100123:42" in a group; "" = the user's own
+    cancel: CancelToken | None = None  # lets the adapter stop the reply (a /cancel command)
 
     @property
     def thread(self) -> str:
@@ -160,12 +162,15 @@ class ReplyPipeline:
         progress = on_progress or (lambda stage, info: None)
         timings = StageTimings()
         started = time.perf_counter()
+        token = request.cancel or CancelToken()
+        token.limit(self.settings.reply.timeout_s)
 
         question, language, transcript = self.understand(request, timings)
+        token.check()
         progress("question", {"text": question, "language": language})
-        assembler = self._assembler(request, language, out_path, timings)
+        assembler = self._assembler(request, language, out_path, timings, token)
         context = self.context.context_for(request.thread, request.user, question)
-        sentences = self._answer_sentences(self._messages(question, language, context), timings)
+        sentences = self._answer_sentences(self._messages(question, language, context), timings, token)
         result = self._assemble(assembler, sentences, progress)
         result.question, result.transcript = question, transcript
         self.context.record_turn(request.thread, request.user, question, result.answer)
@@ -181,7 +186,9 @@ class ReplyPipeline:
         timings = StageTimings()
         started = time.perf_counter()
         language = detect_language(text)
-        assembler = self._assembler(request, language, out_path, timings)
+        token = request.cancel or CancelToken()
+        token.limit(self.settings.reply.timeout_s)
+        assembler = self._assembler(request, language, out_path, timings, token)
         result = self._assemble(assembler, iter(split_sentences(text)), lambda stage, info: None)
         result.question = ""
         timings.add("total", time.perf_counter() - started)
@@ -189,7 +196,7 @@ class ReplyPipeline:
 
     # ------------------------------------------------------------------ internals
     def _assembler(
-        self, request: ReplyRequest, language: str, out_path: Path, timings: StageTimings
+        self, request: ReplyRequest, language: str, out_path: Path, timings: StageTimings, token: CancelToken
     ) -> ReplyAssembler:
         out_cfg = self.settings.output
         fmt = request.format or out_cfg.format
@@ -217,6 +224,7 @@ class ReplyPipeline:
             },
             subtitles=SubtitleBurner(avatar.size, font) if with_subtitles and avatar else None,
             timings=timings,
+            token=token,
         )
 
     def _messages(self, question: str, language: str, context: ReplyContext) -> list[ChatMessage]:
@@ -234,17 +242,40 @@ class ReplyPipeline:
             )
         return [ChatMessage("system", system), *context.history, ChatMessage("user", question)]
 
-    def _answer_sentences(self, messages: list[ChatMessage], timings: StageTimings) -> Iterator[str]:
+    def _answer_sentences(
+        self, messages: list[ChatMessage], timings: StageTimings, token: CancelToken
+    ) -> Iterator[str]:
         llm = self.settings.llm
         t0 = time.perf_counter()
         first = True
-        pieces = self.chat_model.stream(messages, max_tokens=llm.max_tokens, temperature=llm.temperature)
+        pieces = self._bounded(
+            self.chat_model.stream(messages, max_tokens=llm.max_tokens, temperature=llm.temperature), token
+        )
         for sentence in stream_sentences(pieces):
             if first:
                 timings.add("llm_first_sentence", time.perf_counter() - t0)
                 first = False
             yield sentence
         timings.add("llm", time.perf_counter() - t0)
+
+    def _bounded(self, pieces: Iterator[str], token: CancelToken) -> Iterator[str]:
+        """The model's pieces until it finishes, the user cancels, or its time is up (then the answer
+        so far stands)."""
+        deadline = time.monotonic() + self.settings.reply.llm_timeout_s
+        try:
+            for piece in pieces:
+                token.check()
+                yield piece
+                if time.monotonic() > deadline:
+                    log.warning(
+                        "the model wrote for over %.0f s; speaking what it has",
+                        self.settings.reply.llm_timeout_s,
+                    )
+                    return
+        finally:
+            close = getattr(pieces, "close", None)
+            if close is not None:
+                close()  # stops llama.cpp / the HTTP stream mid-answer
 
     def _assemble(
         self, assembler: ReplyAssembler, sentences: Iterator[str], progress: ProgressCallback
@@ -274,16 +305,16 @@ class ReplyPipeline:
         worker = threading.Thread(target=work, name="speak-render", daemon=True)
         worker.start()
         try:
-            for sentence in sentences:
-                progress("sentence", {"text": sentence})
-                todo.put(sentence)
-                if failure or assembler.truncated:
-                    break
-        finally:
-            todo.put(None)
-            answer_written.set()
-            worker.join()
-        try:
+            try:
+                for sentence in sentences:
+                    progress("sentence", {"text": sentence})
+                    todo.put(sentence)
+                    if failure or assembler.truncated:
+                        break
+            finally:
+                todo.put(None)
+                answer_written.set()
+                worker.join()
             if failure:
                 raise failure[0]
             if not assembler.spoken:

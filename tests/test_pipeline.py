@@ -6,12 +6,15 @@ Real tier (`real_models`): Whisper, Qwen via llama.cpp, Piper, from a spoken que
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from memory.history import InProcessHistory
+from pipeline.cancel import Cancelled, CancelToken, TookTooLong
 from pipeline.config import Settings, load_settings
 from pipeline.errors import EmptyText, NoFaceFound, TextTooLong
 from pipeline.media.ffmpeg import run_ffmpeg
@@ -276,3 +279,69 @@ def test_speak_says_a_fixed_line_with_the_given_avatar(hermetic: ReplyPipeline, 
     )
     assert result.answer == "Hi! I am your new twin." and hermetic.chat_model.calls == []
     assert probe_mp4(result.media_path).duration == pytest.approx(result.duration, abs=0.2)
+
+
+class SlowChat(ScriptedChat):
+    """Writes its answer word by word, `delay_s` per word (a model on a busy machine)."""
+
+    def __init__(self, answer: str, delay_s: float) -> None:
+        super().__init__(answer)
+        self.delay_s = delay_s
+
+    def stream(self, messages, *, max_tokens, temperature):
+        for piece in super().stream(messages, max_tokens=max_tokens, temperature=temperature):
+            time.sleep(self.delay_s)
+            yield piece
+
+
+def _pipeline_with(hermetic: ReplyPipeline, tmp_path: Path, chat, **env: str) -> ReplyPipeline:
+    settings = load_settings(
+        environ={"TALKTWIN_RENDER__SIZE": "256", "TALKTWIN_PATHS__DATA_DIR": str(tmp_path), **env}
+    )
+    return ReplyPipeline(
+        settings,
+        recognizer=NoRecognizer(),
+        chat_model=chat,
+        synthesizer=hermetic.synthesizer,
+        renderer=hermetic.renderer,
+        context=InProcessHistory(),
+    )
+
+
+def test_a_cancelled_reply_stops_and_leaves_nothing_behind(hermetic: ReplyPipeline, tmp_path: Path):
+    pipeline = _pipeline_with(
+        hermetic, tmp_path, SlowChat("one two three four five six seven eight nine.", 0.2)
+    )
+    token = CancelToken()
+    threading.Timer(0.5, token.cancel).start()
+    started = time.monotonic()
+    with pytest.raises(Cancelled) as err:
+        pipeline.reply(ReplyRequest("test:c", text="Count for me.", cancel=token), tmp_path / "c.mp4")
+    assert time.monotonic() - started < 1.5  # stopped at the next piece, not after the whole answer
+    assert err.value.user_message("zh") == "好的，我已停止处理。"
+    assert not (tmp_path / "c.mp4").exists()
+
+
+def test_a_reply_over_its_time_limit_is_stopped(hermetic: ReplyPipeline, tmp_path: Path):
+    pipeline = _pipeline_with(
+        hermetic, tmp_path, SlowChat("slow words keep coming here.", 0.4), TALKTWIN_REPLY__TIMEOUT_S="0.6"
+    )
+    with pytest.raises(TookTooLong):
+        pipeline.reply(ReplyRequest("test:t", text="Hi"), tmp_path / "t.mp4")
+    assert not (tmp_path / "t.mp4").exists()
+
+
+def test_a_model_writing_too_long_is_cut_and_the_answer_so_far_spoken(
+    hermetic: ReplyPipeline, tmp_path: Path
+):
+    class StallingChat(ScriptedChat):
+        def stream(self, messages, *, max_tokens, temperature):
+            yield "This first sentence arrives quickly. "
+            for word in ["and", "then", "the", "model", "stalls", "for", "ages"]:
+                time.sleep(0.4)
+                yield word + " "
+
+    pipeline = _pipeline_with(hermetic, tmp_path, StallingChat(""), TALKTWIN_REPLY__LLM_TIMEOUT_S="0.5")
+    result = pipeline.reply(ReplyRequest("test:s", text="Hi"), tmp_path / "s.mp4")
+    assert result.answer.startswith("This first sentence arrives quickly.")
+    assert "ages" not in result.answer and probe_mp4(result.media_path).duration > 1

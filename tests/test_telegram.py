@@ -642,3 +642,19 @@ def test_killed_mid_reply_the_service_answers_exactly_once_after_restart(server,
             assert service.wait(60) == 0  # a clean stop on SIGTERM
         finally:
             service.kill()
+
+
+def test_cancel_stops_the_reply_in_work(server, settings, stages):
+    ola = user(121)
+
+    async def scenario(h: Harness) -> None:
+        server.push(message_update(ola, **command("/cancel")))
+        await h.wait_texts(121, "There is nothing to stop.")
+        server.push(message_update(ola, text="Take your time with this one."))
+        await h.wait("sendChatAction", chat_id=121)
+        server.push(message_update(ola, **command("/cancel")))
+        await h.wait_texts(121, "Okay, I stopped working on that.")
+        await asyncio.sleep(1.5)
+        assert server.find("sendVideoNote", 121) == []
+
+    Harness(server, settings, stages, chat=RuleChat(delay_s=3.0)).run(scenario)

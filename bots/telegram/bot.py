@@ -10,6 +10,7 @@ import asyncio
 import logging
 import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from telegram import (
@@ -36,6 +37,7 @@ from bots.telegram.guard import guarded
 from bots.telegram.options import TelegramOptions
 from bots.texts import t, user_language
 from memory.keys import conversation_key, user_key
+from pipeline.cancel import CancelToken
 from pipeline.errors import FileTooLarge, InternalFailure, TalkTwinError
 from pipeline.orchestrator import ReplyPipeline, ReplyRequest
 
@@ -213,7 +215,9 @@ class TelegramBot(CommandHandlers):
             message.message_id,
             user,
             lang,
-            lambda out: self.pipeline.speak(t("avatar_greeting", lang), request, out),
+            lambda out, token: self.pipeline.speak(
+                t("avatar_greeting", lang), replace(request, cancel=token), out
+            ),
             notice=t("avatar_set", lang),
         )
 
@@ -294,7 +298,9 @@ class TelegramBot(CommandHandlers):
                 message.message_id,
                 key,
                 self.language_of(user),
-                lambda out: self.pipeline.reply(self._request_for(key, thread, **content), out),
+                lambda out, token: self.pipeline.reply(
+                    self._request_for(key, thread, cancel=token, **content), out
+                ),
                 job_id=job_id,
             )
         finally:
@@ -316,8 +322,8 @@ class TelegramBot(CommandHandlers):
                     reply_to,
                     job.user,
                     lang,
-                    lambda out, job=job, content=content: self.pipeline.reply(
-                        self._request_for(job.user, job.conversation, **content), out
+                    lambda out, token, job=job, content=content: self.pipeline.reply(
+                        self._request_for(job.user, job.conversation, cancel=token, **content), out
                     ),
                     job_id=job.id,
                 )
@@ -335,7 +341,7 @@ class TelegramBot(CommandHandlers):
         reply_to: int | None,
         key: str,
         lang: str,
-        job: Callable[[Path], object],
+        job: Callable[[Path, CancelToken], object],
         *,
         notice: str = "",
         job_id: int | None = None,
@@ -368,7 +374,8 @@ class TelegramBot(CommandHandlers):
                 progress_after_s=self.options.progress_after_s,
                 progress_text=t("working", lang),
             ):
-                result = await self.service.run(key, job, out)
+                token = CancelToken()
+                result = await self.service.run(key, job, out, token, token=token)
             if notice:
                 await bot.send_message(chat_id, notice)
             await send_result(

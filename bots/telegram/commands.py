@@ -9,7 +9,7 @@ from bots.telegram.guard import guarded
 from bots.texts import t, user_language
 from pipeline.types import VoiceSettings
 
-COMMANDS = ("start", "help", "avatar", "voice", "mode", "reset", "forget", "kb", "lang")
+COMMANDS = ("start", "help", "avatar", "voice", "mode", "reset", "forget", "kb", "lang", "cancel")
 MODES = ("video_note", "video", "voice", "text")
 
 
@@ -81,6 +81,15 @@ class CommandHandlers:
             t("mode_current", lang, mode=t(f"mode_{current}", lang)),
             reply_markup=InlineKeyboardMarkup(buttons),
         )
+
+    @guarded
+    async def cmd_cancel(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        assert update.effective_user is not None and update.effective_message is not None
+        stopped = self.service.cancel(self._user(update.effective_user))
+        lang = self.language_of(update.effective_user)
+        if not stopped:
+            await update.effective_message.reply_text(t("cancel_nothing", lang))
+        # when a reply was stopped, its job answers with "Okay, I stopped working on that."
 
     @guarded
     async def cmd_reset(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
