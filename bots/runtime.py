@@ -49,7 +49,11 @@ class Components:
             folder = settings.resolve(settings.knowledge.shared_folder)
             log.info("shared knowledge folder %s: %s", folder, memory.knowledge.sync_shared(folder))
         tg = settings.telegram
-        service = ReplyService(max_pending=tg.max_pending, rate_limit=tg.rate_limit_per_minute)
+        service = ReplyService(
+            max_pending=tg.max_pending,
+            max_queue=settings.reply.max_queue,
+            rate_limit=tg.rate_limit_per_minute,
+        )
         jobs = JobStore(memory.engine, settings.resolve(settings.paths.data_dir) / "jobs")
         return cls(pipeline, memory, memory.knowledge, service, jobs)
 

@@ -29,6 +29,7 @@ class Admission(enum.Enum):
     RUN_NOW = "run_now"
     QUEUED = "queued"  # accepted; runs after the user's job in work
     BUSY = "busy"  # the user's queue is full
+    FULL = "full"  # the whole service's queue is full; retry after the returned seconds
     RATE_LIMITED = "rate_limited"
 
 
@@ -47,12 +48,16 @@ class ReplyService:
         self,
         *,
         max_pending: int = 3,
+        max_queue: int = 50,
         rate_limit: int = 12,
         rate_window_s: float = 60.0,
         workers: int = 1,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_pending = max_pending
+        self.max_queue = max_queue
+        self.workers = workers
+        self._job_seconds = 6.0  # running average of a job's duration, for "try again in N s"
         self.rate_limit = rate_limit
         self.rate_window_s = rate_window_s
         self._clock = clock
@@ -81,6 +86,10 @@ class ReplyService:
             if state.pending >= self.max_pending:
                 self.metrics.count("busy")
                 return Admission.BUSY, 0.0
+            queued = sum(s.pending for s in self._users.values())
+            if queued >= self.max_queue:
+                self.metrics.count("full")
+                return Admission.FULL, queued * self._job_seconds / self.workers
             state.recent.append(now)
             state.pending += 1
             return (Admission.QUEUED if state.pending > 1 else Admission.RUN_NOW), 0.0
@@ -99,7 +108,9 @@ class ReplyService:
         try:
             async with state.lock:
                 loop = asyncio.get_running_loop()
+                started = time.monotonic()
                 result = await loop.run_in_executor(self._executor, lambda: fn(*args))
+                self._job_seconds = 0.8 * self._job_seconds + 0.2 * (time.monotonic() - started)
             outcome = "ok"
             timings = getattr(result, "timings", None)
             if timings is not None:

@@ -71,6 +71,10 @@ TEXTS: dict[str, dict[str, str]] = {
         "en": "I'm still working on your earlier messages. Please wait for those answers first.",
         "zh": "我还在处理你之前的消息，请先等待那些回答。",
     },
+    "full": {
+        "en": "I'm answering a lot of people right now. Please try again in about {seconds} s.",
+        "zh": "现在找我的人太多了，请大约 {seconds} 秒后再试。",
+    },
     "rate_limited": {
         "en": "You're sending messages faster than I can answer. Please try again in {seconds} s.",
         "zh": "你发消息太快了，请 {seconds} 秒后再试。",

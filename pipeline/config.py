@@ -39,6 +39,7 @@ class LimitSettings(_Section):
 
 class ReplySettings(_Section):
     overlap: Literal["auto", "on", "off"]
+    max_queue: int = Field(ge=1)
     timeout_s: float = Field(gt=0)
     llm_timeout_s: float = Field(gt=0)
 

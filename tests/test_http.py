@@ -152,3 +152,10 @@ def test_api_keys_are_required_beyond_loopback(components: Components):
         )
         assert ok.status_code == 200
         assert client.get("/healthz").status_code == 200  # health stays open for load balancers
+
+
+def test_a_full_service_answers_429_with_an_estimate(client: TestClient, components: Components):
+    components.service.max_queue = 1
+    components.service.admit(user_key("http", "someone-else"))  # the only place in the queue is taken
+    r = client.post("/v1/reply", data={"user": "jon", "text": "Hi"})
+    assert r.status_code == 429 and r.json()["error"] == "full" and int(r.headers["Retry-After"]) >= 5

@@ -66,3 +66,13 @@ def test_admission_queue_bound_rate_limit_and_metrics():
     ):
         assert line in text
     service.shutdown()
+
+
+def test_a_full_service_says_when_to_come_back():
+    service = ReplyService(max_pending=2, max_queue=3, rate_limit=100)
+    for name in ("a", "b", "c"):
+        assert service.admit(name)[0] is Admission.RUN_NOW
+    verdict, retry = service.admit("d")
+    assert verdict is Admission.FULL and retry == 3 * 6.0  # three jobs ahead, ~6 s each by default
+    assert 'talktwin_jobs_total{outcome="full"} 1.0' in service.metrics.render().decode()
+    service.shutdown()

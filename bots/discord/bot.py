@@ -307,6 +307,8 @@ class DiscordBot:
             await say(t("rate_limited", lang, seconds=max(1, round(retry_s))))
         elif admission is Admission.BUSY:
             await say(t("busy", lang))
+        elif admission is Admission.FULL:
+            await say(t("full", lang, seconds=max(1, round(retry_s))))
         elif admission is Admission.QUEUED:
             await say(t("queued", lang))
         return admission in (Admission.RUN_NOW, Admission.QUEUED)

@@ -140,8 +140,8 @@ def create_app(components, options: HttpOptions) -> FastAPI:
             raise HTTPException(422, "send exactly one of `text` and `audio`")
         audio_bytes, avatar_bytes = await read_upload(audio), await read_upload(avatar)
         verdict, retry_s = components.service.admit(key)
-        if verdict in (Admission.BUSY, Admission.RATE_LIMITED):
-            wait = max(1, round(retry_s)) if verdict is Admission.RATE_LIMITED else 5
+        if verdict in (Admission.BUSY, Admission.FULL, Admission.RATE_LIMITED):
+            wait = max(1, round(retry_s)) if verdict is not Admission.BUSY else 5
             return JSONResponse({"error": verdict.value, "message": f"busy, try again in {wait} s"},
                                 status_code=429, headers={"Retry-After": str(wait)})  # fmt: skip
         _purge(media_dir, options.media_ttl_s)

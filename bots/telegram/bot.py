@@ -355,6 +355,9 @@ class TelegramBot(CommandHandlers):
         if verdict is Admission.BUSY:
             await bot.send_message(chat_id, t("busy", lang))
             return
+        if verdict is Admission.FULL:
+            await bot.send_message(chat_id, t("full", lang, seconds=max(1, round(retry_s))))
+            return
         if verdict is Admission.QUEUED:
             await bot.send_message(chat_id, t("queued", lang))
         profile = self.memory.profile(key)
