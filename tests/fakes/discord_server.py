@@ -20,6 +20,8 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from tests.fakes.local_server import LocalServer
+
 TOKEN = "FAKE.DISCORD.TOKEN"
 BOT_ID = 900000000000000001
 APP_ID = 900000000000000002
@@ -39,8 +41,9 @@ class Call:
     channel_id: int | None = None  # where the message lands (interactions: the interaction's channel)
 
 
-class FakeDiscord:
+class FakeDiscord(LocalServer):
     def __init__(self) -> None:
+        super().__init__()
         self.calls: list[Call] = []
         self.files: dict[str, bytes] = {}
         self.identify: list[dict] = []  # every IDENTIFY payload seen
@@ -52,35 +55,12 @@ class FakeDiscord:
         self._seq = itertools.count(1)
         self._cond = threading.Condition()
         self._ws: web.WebSocketResponse | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
-        self.port = 0
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> FakeDiscord:
-        ready = threading.Event()
-        threading.Thread(target=self._serve, args=(ready,), daemon=True).start()
-        ready.wait(10)
-        return self
-
-    def _serve(self, ready: threading.Event) -> None:
-        self._loop = asyncio.new_event_loop()
-        app = web.Application(client_max_size=200 * MiB)
+    def routes(self, app: web.Application) -> None:
         app.router.add_get("/gateway", self._gateway)
         app.router.add_get("/cdn/{name}", self._cdn)
         app.router.add_route("*", "/api/v10/{path:.*}", self._rest)
-        self._runner = web.AppRunner(app)
-        self._loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        self._loop.run_until_complete(site.start())
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        ready.set()
-        self._loop.run_forever()
-
-    def stop(self) -> None:
-        if self._loop is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)  # type: ignore[union-attr]
-            self._loop.call_soon_threadsafe(self._loop.stop)
 
     def reset(self) -> None:
         with self._cond:

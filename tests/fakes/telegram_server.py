@@ -19,6 +19,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.fakes.local_server import LocalServer
+
 BOT_ID = 7000001
 BOT_USERNAME = "talktwin_test_bot"
 TOKEN = "123456:TEST-TOKEN"
@@ -31,8 +33,9 @@ class Call:
     files: dict[str, bytes] = field(default_factory=dict)
 
 
-class FakeBotApi:
+class FakeBotApi(LocalServer):
     def __init__(self) -> None:
+        super().__init__()
         self.calls: list[Call] = []
         self.updates: list[dict] = []
         self.files: dict[str, bytes] = {}
@@ -40,34 +43,11 @@ class FakeBotApi:
         self._confirmed = 0
         self._ids = itertools.count(1)
         self._cond = threading.Condition()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
-        self.port = 0
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> FakeBotApi:
-        ready = threading.Event()
-        threading.Thread(target=self._serve, args=(ready,), daemon=True).start()
-        ready.wait(10)
-        return self
-
-    def _serve(self, ready: threading.Event) -> None:
-        self._loop = asyncio.new_event_loop()
-        app = web.Application(client_max_size=200 * 1024 * 1024)
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/bot{token}/{method}", self._method)
         app.router.add_get("/file/bot{token}/{path:.*}", self._file)
-        self._runner = web.AppRunner(app)
-        self._loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        self._loop.run_until_complete(site.start())
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        ready.set()
-        self._loop.run_forever()
-
-    def stop(self) -> None:
-        if self._loop is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)  # type: ignore[union-attr]
-            self._loop.call_soon_threadsafe(self._loop.stop)
 
     @property
     def base_url(self) -> str:
