@@ -19,6 +19,14 @@ def settings(tmp_path: Path) -> Settings:
     return load_settings(environ={"TALKTWIN_PATHS__DATA_DIR": str(tmp_path / "data")})
 
 
+@pytest.fixture
+def small_settings(tmp_path: Path) -> Settings:
+    """Settings for bot tests: a private data directory and 256 px video, which renders fast."""
+    return load_settings(
+        environ={"TALKTWIN_PATHS__DATA_DIR": str(tmp_path / "data"), "TALKTWIN_RENDER__SIZE": "256"}
+    )
+
+
 @pytest.fixture(scope="session")
 def session_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     data = tmp_path_factory.mktemp("data")

@@ -77,26 +77,33 @@ def probe_mp4(path: Path) -> Mp4Info:
     return Mp4Info(vc, ac, w, h, pix, dur, len(audio) / rate, frames, fps, audio, rate)
 
 
-def mouth_openness(frames: np.ndarray) -> np.ndarray:
-    """Inner-lip gap / mouth width per frame, re-detected with FaceMesh on the rendered pixels.
-
-    Independent of the renderer's own control signal and insensitive to head motion, so it tells
-    whether the lips really move with the speech.
-    """
+def _redetected(frames: np.ndarray, *, video: bool) -> list:
+    """FaceMesh landmarks of every rendered frame, found afresh on the pixels (independent of the
+    renderer's own control signal)."""
     import mediapipe as mp
 
-    out = np.zeros(len(frames))
+    found_all = []
     with mp.solutions.face_mesh.FaceMesh(
-        static_image_mode=False, max_num_faces=1, refine_landmarks=True
+        static_image_mode=not video, max_num_faces=1, refine_landmarks=True
     ) as mesh:
         for i, frame in enumerate(frames):
             found = mesh.process(np.ascontiguousarray(frame))
             assert found.multi_face_landmarks, f"no face in rendered frame {i}"
-            lm = found.multi_face_landmarks[0].landmark
-            gap = np.hypot(lm[13].x - lm[14].x, lm[13].y - lm[14].y)
-            width = np.hypot(lm[61].x - lm[291].x, lm[61].y - lm[291].y)
-            out[i] = gap / width
-    return out
+            found_all.append(found.multi_face_landmarks[0].landmark)
+    return found_all
+
+
+def _ratio(lm, a: int, b: int, c: int, d: int) -> float:
+    """Distance a-b over distance c-d, in normalised landmark coordinates."""
+    return float(
+        np.hypot(lm[a].x - lm[b].x, lm[a].y - lm[b].y) / np.hypot(lm[c].x - lm[d].x, lm[c].y - lm[d].y)
+    )
+
+
+def mouth_openness(frames: np.ndarray) -> np.ndarray:
+    """Inner-lip gap / mouth width per frame: tells whether the lips really move with the speech
+    (insensitive to head motion)."""
+    return np.array([_ratio(lm, 13, 14, 61, 291) for lm in _redetected(frames, video=True)])
 
 
 def frame_loudness(info: Mp4Info) -> np.ndarray:
@@ -142,26 +149,7 @@ def make_tone(path: Path, seconds: float, fmt_args: Sequence[str] = ()) -> Path:
 
 
 def eye_openness(frames: np.ndarray) -> np.ndarray:
-    """Lid gap / eye width per frame (mean of both eyes), re-detected with FaceMesh on the pixels.
-
-    Like `mouth_openness`, independent of the renderer's own blink control: it tells whether a
-    viewer (and a face tracker) sees the eyes closed.
-    """
-    import mediapipe as mp
-
-    out = np.zeros(len(frames))
+    """Lid gap / eye width per frame (mean of both eyes): whether a viewer (and a face tracker) sees
+    the eyes closed."""
     eyes = ((159, 145, 33, 133), (386, 374, 263, 362))  # upper lid, lower lid, corner, corner
-    with mp.solutions.face_mesh.FaceMesh(
-        static_image_mode=True, max_num_faces=1, refine_landmarks=True
-    ) as mesh:
-        for i, frame in enumerate(frames):
-            found = mesh.process(np.ascontiguousarray(frame))
-            assert found.multi_face_landmarks, f"no face in rendered frame {i}"
-            lm = found.multi_face_landmarks[0].landmark
-            ratios = []
-            for up, lo, a, b in eyes:
-                gap = np.hypot(lm[up].x - lm[lo].x, lm[up].y - lm[lo].y)
-                width = np.hypot(lm[a].x - lm[b].x, lm[a].y - lm[b].y)
-                ratios.append(gap / width)
-            out[i] = float(np.mean(ratios))
-    return out
+    return np.array([np.mean([_ratio(lm, *eye) for eye in eyes]) for lm in _redetected(frames, video=False)])

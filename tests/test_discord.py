@@ -11,7 +11,6 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -21,7 +20,7 @@ from bots.service import ReplyService
 from knowledge.base import KnowledgeBase
 from memory.keys import user_key
 from memory.store import MemoryStore
-from pipeline.config import Settings, load_settings
+from pipeline.config import Settings
 from pipeline.orchestrator import ReplyPipeline
 from tests.bot_helpers import FixedRecognizer, RuleChat, portrait, probe_mp4_bytes
 from tests.fakes.discord_server import (
@@ -55,13 +54,6 @@ def fake() -> Iterator[FakeDiscord]:
 def server(fake: FakeDiscord) -> FakeDiscord:
     fake.reset()
     return fake
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return load_settings(
-        environ={"TALKTWIN_PATHS__DATA_DIR": str(tmp_path / "data"), "TALKTWIN_RENDER__SIZE": "256"}
-    )
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +150,7 @@ def reference_of(call: Call) -> str | None:
 
 
 # ---------------------------------------------------------------------- tests
-def test_dm_text_gets_an_mp4_reply_with_audio_to_that_message(server, settings, stages):
+def test_dm_text_gets_an_mp4_reply_with_audio_to_that_message(server, small_settings, stages):
     ann = user(300001, "ann")
 
     async def scenario(h: Harness) -> None:
@@ -185,10 +177,10 @@ def test_dm_text_gets_an_mp4_reply_with_audio_to_that_message(server, settings, 
         assert reply.payload["content"] == "Nice to hear from you. Let me think about that."
         assert server.find("POST", f"/channels/{dm_channel(300001)}/typing")  # "typing…" while working
 
-    Harness(server, settings, stages).run(scenario)
+    Harness(server, small_settings, stages).run(scenario)
 
 
-def test_guild_answers_mentions_and_open_channels_only(server, settings, stages):
+def test_guild_answers_mentions_and_open_channels_only(server, small_settings, stages):
     bea = user(300002, "bea")
 
     async def scenario(h: Harness) -> None:
@@ -202,11 +194,11 @@ def test_guild_answers_mentions_and_open_channels_only(server, settings, stages)
         assert len(server.messages(CHANNEL_ID)) == 1  # the unmentioned message got nothing
         assert [p[-1].content for p in h.chat.prompts] == ["hello", "and in the twin channel"]
 
-    Harness(server, settings, stages).run(scenario)
+    Harness(server, small_settings, stages).run(scenario)
 
 
 def test_refused_content_intent_starts_without_it_and_says_what_to_enable(
-    server, settings, stages, caplog: pytest.LogCaptureFixture
+    server, small_settings, stages, caplog: pytest.LogCaptureFixture
 ):
     cy = user(300003, "cy")
     server.refuse_message_content = True
@@ -226,10 +218,10 @@ def test_refused_content_intent_starts_without_it_and_says_what_to_enable(
         assert len(server.messages(OPEN_CHANNEL_ID)) == 1
 
     with caplog.at_level(logging.WARNING):
-        Harness(server, settings, stages).run(scenario)
+        Harness(server, small_settings, stages).run(scenario)
 
 
-def test_voice_message_and_audio_file_go_through_asr(server, settings, stages, tone):
+def test_voice_message_and_audio_file_go_through_asr(server, small_settings, stages, tone):
     dee = user(300004, "dee")
 
     async def scenario(h: Harness) -> None:
@@ -247,10 +239,10 @@ def test_voice_message_and_audio_file_go_through_asr(server, settings, stages, t
         await h.videos(CHANNEL_ID)
         assert h.recognizer.calls == 2
 
-    Harness(server, settings, stages).run(scenario)
+    Harness(server, small_settings, stages).run(scenario)
 
 
-def test_slash_commands_ask_settings_and_forget(server, settings, stages):
+def test_slash_commands_ask_settings_and_forget(server, small_settings, stages):
     eli = user(300005, "eli")
     chan = dm_channel(300005)
     doc = b"Project Falcon notes.\nThe vault code for Project Falcon is 4711.\n"
@@ -297,10 +289,10 @@ def test_slash_commands_ask_settings_and_forget(server, settings, stages):
         assert done.payload["content"] == "Done. I've deleted all your data."
         assert h.knowledge.documents(key) == [] and h.memory.profile(key).mode == "video_note"
 
-    Harness(server, settings, stages).run(scenario)
+    Harness(server, small_settings, stages).run(scenario)
 
 
-def test_photo_sets_the_avatar_in_dms_and_with_the_word_in_guilds(server, settings, stages):
+def test_photo_sets_the_avatar_in_dms_and_with_the_word_in_guilds(server, small_settings, stages):
     fay = user(300006, "fay")
     photo = portrait(mirror=True)
 
@@ -332,10 +324,10 @@ def test_photo_sets_the_avatar_in_dms_and_with_the_word_in_guilds(server, settin
         await h.texts(CHANNEL_ID, "Back to the default avatar.")
         assert h.memory.avatar(key) is None
 
-    Harness(server, settings, stages).run(scenario)
+    Harness(server, small_settings, stages).run(scenario)
 
 
-def test_two_users_interleaved_never_see_each_other(server, settings, stages):
+def test_two_users_interleaved_never_see_each_other(server, small_settings, stages):
     ada, ben = user(300007, "ada"), user(300008, "ben")
 
     async def scenario(h: Harness) -> None:
@@ -362,10 +354,10 @@ def test_two_users_interleaved_never_see_each_other(server, settings, stages):
             text = " ".join(m.content for m in prompt)
             assert not ("Ada" in text and "Ben" in text)
 
-    Harness(server, settings, stages).run(scenario)
+    Harness(server, small_settings, stages).run(scenario)
 
 
-def test_big_videos_are_reencoded_or_sent_as_audio_and_text(server, settings, stages):
+def test_big_videos_are_reencoded_or_sent_as_audio_and_text(server, small_settings, stages):
     gus = user(300009, "gus")
     chan = dm_channel(300009)
 
@@ -391,10 +383,10 @@ def test_big_videos_are_reencoded_or_sent_as_audio_and_text(server, settings, st
         ]
         assert all(len(d) <= 2000 for c in server.messages(chan)[2:] for _, d in c.files.values())
 
-    Harness(server, settings, stages).run(scenario)
+    Harness(server, small_settings, stages).run(scenario)
 
 
-def test_bad_inputs_get_clear_replies_and_the_bot_stays_up(server, settings, stages):
+def test_bad_inputs_get_clear_replies_and_the_bot_stays_up(server, small_settings, stages):
     hal = user(300010, "hal")
     chan = dm_channel(300010)
 
@@ -414,10 +406,10 @@ def test_bad_inputs_get_clear_replies_and_the_bot_stays_up(server, settings, sta
         await h.send(dm(hal, "Still there?"))
         await h.videos(chan)
 
-    Harness(server, settings, stages).run(scenario)
+    Harness(server, small_settings, stages).run(scenario)
 
 
-def test_allow_list_cooldown_and_one_job_at_a_time(server, settings, stages):
+def test_allow_list_cooldown_and_one_job_at_a_time(server, small_settings, stages):
     friend, stranger = user(300011, "friend"), user(300012, "stranger")
 
     async def scenario(h: Harness) -> None:
@@ -435,7 +427,7 @@ def test_allow_list_cooldown_and_one_job_at_a_time(server, settings, stages):
 
     Harness(
         server,
-        settings,
+        small_settings,
         stages,
         chat=RuleChat(delay_s=1.0),
         allowed_users=frozenset({300011}),
@@ -443,7 +435,7 @@ def test_allow_list_cooldown_and_one_job_at_a_time(server, settings, stages):
     ).run(scenario)
 
 
-def test_long_answers_are_split_at_2000_characters(server, settings, stages):
+def test_long_answers_are_split_at_2000_characters(server, small_settings, stages):
     ivy = user(300013, "ivy")
     chan = dm_channel(300013)
     answer = "This answer goes on and on. " * 100  # 2,800 characters
@@ -456,4 +448,4 @@ def test_long_answers_are_split_at_2000_characters(server, settings, stages):
         assert len(parts) == 2 and all(len(p) <= 2000 for p in parts)
         assert " ".join(parts) == answer.strip()
 
-    Harness(server, settings, stages, chat=ScriptedChat(answer)).run(scenario)
+    Harness(server, small_settings, stages, chat=ScriptedChat(answer)).run(scenario)

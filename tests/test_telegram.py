@@ -53,13 +53,6 @@ def server() -> Iterator[FakeBotApi]:
     api.stop()
 
 
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return load_settings(
-        environ={"TALKTWIN_PATHS__DATA_DIR": str(tmp_path / "data"), "TALKTWIN_RENDER__SIZE": "256"}
-    )
-
-
 def options(server: FakeBotApi, **changes) -> TelegramOptions:
     base = TelegramOptions(
         token=TOKEN, api_base_url=server.base_url, file_base_url=server.file_base_url, progress_after_s=0
@@ -110,7 +103,7 @@ class Harness:
         return await asyncio.to_thread(self.server.wait_texts, chat_id, list(expected))
 
 
-def test_text_message_gets_a_square_video_note_with_audio(server, settings, stages):
+def test_text_message_gets_a_square_video_note_with_audio(server, small_settings, stages):
     alice = user(101)
 
     async def scenario(h: Harness) -> None:
@@ -124,10 +117,10 @@ def test_text_message_gets_a_square_video_note_with_audio(server, settings, stag
         menus = {c.params.get("language_code") for c in server.find("setMyCommands")}
         assert {None, "zh"} <= menus
 
-    Harness(server, settings, stages).run(scenario)
+    Harness(server, small_settings, stages).run(scenario)
 
 
-def test_commands_answer_in_the_users_language(server, settings, stages):
+def test_commands_answer_in_the_users_language(server, small_settings, stages):
     li = user(102, lang="zh-hans", name="李")
 
     async def scenario(h: Harness) -> None:
@@ -147,10 +140,10 @@ def test_commands_answer_in_the_users_language(server, settings, stages):
         await h.wait("sendMessage", 5, chat_id=102)
         assert server.texts(102)[4].startswith("I didn't understand that.")
 
-    Harness(server, settings, stages).run(scenario)
+    Harness(server, small_settings, stages).run(scenario)
 
 
-def test_photo_becomes_the_avatar_used_for_the_next_reply(server, settings, stages):
+def test_photo_becomes_the_avatar_used_for_the_next_reply(server, small_settings, stages):
     bob = user(103)
     photo = portrait(mirror=True)
 
@@ -180,10 +173,10 @@ def test_photo_becomes_the_avatar_used_for_the_next_reply(server, settings, stag
         second = probe_mp4_bytes(after.files["video_note"]).frames[0].astype(float)
         assert np.abs(first - second).mean() > 10  # a different picture, not the default avatar
 
-    Harness(server, settings, stages).run(scenario)
+    Harness(server, small_settings, stages).run(scenario)
 
 
-def test_bad_inputs_get_clear_replies_and_the_bot_stays_up(server, settings, stages):
+def test_bad_inputs_get_clear_replies_and_the_bot_stays_up(server, small_settings, stages):
     carol = user(104)
     blank = io.BytesIO()
     Image.new("RGB", (300, 300), (90, 120, 200)).save(blank, format="PNG")
@@ -240,10 +233,10 @@ def test_bad_inputs_get_clear_replies_and_the_bot_stays_up(server, settings, sta
         server.push(message_update(carol, text="Still there?"))
         await h.wait("sendVideoNote", chat_id=104)
 
-    Harness(server, settings, stages).run(scenario)
+    Harness(server, small_settings, stages).run(scenario)
 
 
-def test_two_users_interleaved_never_see_each_other(server, settings, stages):
+def test_two_users_interleaved_never_see_each_other(server, small_settings, stages):
     ada, ben = user(105, name="Ada"), user(106, name="Ben")
 
     async def scenario(h: Harness) -> None:
@@ -262,10 +255,10 @@ def test_two_users_interleaved_never_see_each_other(server, settings, stages):
             text = " ".join(m.content for m in prompt)
             assert not ("Ada" in text and "Ben" in text)
 
-    Harness(server, settings, stages).run(scenario)
+    Harness(server, small_settings, stages).run(scenario)
 
 
-def test_document_feeds_the_answer_and_forget_removes_everything(server, settings, stages):
+def test_document_feeds_the_answer_and_forget_removes_everything(server, small_settings, stages):
     dan, eve = user(107), user(108)
     doc = b"Project Falcon notes.\nThe vault code for Project Falcon is 4711.\n"
 
@@ -302,10 +295,10 @@ def test_document_feeds_the_answer_and_forget_removes_everything(server, setting
         assert h.knowledge.documents(key) == [] and h.memory.avatar(key) is None
         assert h.memory.export(key)["conversations"] in ([], {})
 
-    Harness(server, settings, stages).run(scenario)
+    Harness(server, small_settings, stages).run(scenario)
 
 
-def test_groups_answer_only_when_addressed(server, settings, stages):
+def test_groups_answer_only_when_addressed(server, small_settings, stages):
     fay = user(109)
     group = {"id": -100777, "type": "supergroup", "title": "Twins"}
 
@@ -334,10 +327,10 @@ def test_groups_answer_only_when_addressed(server, settings, stages):
         user_prompts = [p[-1].content for p in h.chat.prompts]
         assert user_prompts == ["hello", "and you?"]
 
-    Harness(server, settings, stages).run(scenario)
+    Harness(server, small_settings, stages).run(scenario)
 
 
-def test_a_second_message_is_queued_and_floods_are_refused(server, settings, stages):
+def test_a_second_message_is_queued_and_floods_are_refused(server, small_settings, stages):
     gus = user(110)
 
     async def scenario(h: Harness) -> None:
@@ -349,10 +342,10 @@ def test_a_second_message_is_queued_and_floods_are_refused(server, settings, sta
         assert "I'm still answering your previous message; this one is next." in texts
         assert any(x.startswith("You're sending messages faster than I can answer.") for x in texts)
 
-    Harness(server, settings, stages, chat=RuleChat(delay_s=1.0), rate_limit=2).run(scenario)
+    Harness(server, small_settings, stages, chat=RuleChat(delay_s=1.0), rate_limit=2).run(scenario)
 
 
-def test_webhook_mode_checks_the_secret(server, settings, stages, unused_tcp_port: int):
+def test_webhook_mode_checks_the_secret(server, small_settings, stages, unused_tcp_port: int):
     hal = user(111)
 
     async def scenario(h: Harness) -> None:
@@ -372,7 +365,7 @@ def test_webhook_mode_checks_the_secret(server, settings, stages, unused_tcp_por
 
     Harness(
         server,
-        settings,
+        small_settings,
         stages,
         webhook_url="https://twin.example/telegram",
         webhook_secret="s3cret",
@@ -462,7 +455,7 @@ class LongChat(RuleChat):
         yield from (w + " " for w in self.answer.split(" "))
 
 
-def test_reply_modes_video_voice_and_long_answers(server, settings, stages):
+def test_reply_modes_video_voice_and_long_answers(server, small_settings, stages):
     jo = user(113)
     sentence = "This is a rather long answer that keeps going so that the video gets longer than a minute. "
     long_answer = sentence * 14  # about 70 s of speech
@@ -484,10 +477,10 @@ def test_reply_modes_video_voice_and_long_answers(server, settings, stages):
         (voice,) = await h.wait("sendVoice", chat_id=113)
         assert voice.params["caption"] == "Short and sweet." and voice.files["voice"][:4] == b"OggS"
 
-    Harness(server, settings, stages, chat=LongChat(long_answer)).run(scenario)
+    Harness(server, small_settings, stages, chat=LongChat(long_answer)).run(scenario)
 
 
-def test_kb_reset_and_avatar_commands(server, settings, stages):
+def test_kb_reset_and_avatar_commands(server, small_settings, stages):
     kim = user(114)
     doc = b"Kim's garden has seven apple trees."
 
@@ -528,10 +521,10 @@ def test_kb_reset_and_avatar_commands(server, settings, stages):
         await h.wait_texts(114, "Back to the default avatar.")
         assert h.memory.avatar(key) is None
 
-    Harness(server, settings, stages).run(scenario)
+    Harness(server, small_settings, stages).run(scenario)
 
 
-def test_allow_list_keeps_strangers_out(server, settings, stages):
+def test_allow_list_keeps_strangers_out(server, small_settings, stages):
     friend, stranger = user(115), user(116)
 
     async def scenario(h: Harness) -> None:
@@ -541,10 +534,10 @@ def test_allow_list_keeps_strangers_out(server, settings, stages):
         await h.wait_texts(115, "/avatar")
         assert h.chat.prompts == [] and server.find("sendVideoNote", 116) == []
 
-    Harness(server, settings, stages, allowed_users=frozenset({115})).run(scenario)
+    Harness(server, small_settings, stages, allowed_users=frozenset({115})).run(scenario)
 
 
-def test_a_redelivered_update_is_answered_once(server, settings, stages):
+def test_a_redelivered_update_is_answered_once(server, small_settings, stages):
     kay = user(117)
 
     async def scenario(h: Harness) -> None:
@@ -555,11 +548,11 @@ def test_a_redelivered_update_is_answered_once(server, settings, stages):
         await asyncio.sleep(2.0)
         assert len(server.find("sendVideoNote", 117)) == 1 and len(h.chat.prompts) == 1
 
-    Harness(server, settings, stages).run(scenario)
+    Harness(server, small_settings, stages).run(scenario)
 
 
-def test_jobs_interrupted_by_a_crash_are_answered_after_restart(server, settings, stages):
-    harness = Harness(server, settings, stages)
+def test_jobs_interrupted_by_a_crash_are_answered_after_restart(server, small_settings, stages):
+    harness = Harness(server, small_settings, stages)
     # what a crashed process left behind: one job started once, one that already failed twice
     first = harness.jobs.accept(
         "telegram", 118, 5001, user_key("telegram", 118), user_key("telegram", 118), text="Are you back?"
@@ -644,7 +637,7 @@ def test_killed_mid_reply_the_service_answers_exactly_once_after_restart(server,
             service.kill()
 
 
-def test_cancel_stops_the_reply_in_work(server, settings, stages):
+def test_cancel_stops_the_reply_in_work(server, small_settings, stages):
     ola = user(121)
 
     async def scenario(h: Harness) -> None:
@@ -657,4 +650,4 @@ def test_cancel_stops_the_reply_in_work(server, settings, stages):
         await asyncio.sleep(1.5)
         assert server.find("sendVideoNote", 121) == []
 
-    Harness(server, settings, stages, chat=RuleChat(delay_s=3.0)).run(scenario)
+    Harness(server, small_settings, stages, chat=RuleChat(delay_s=3.0)).run(scenario)
