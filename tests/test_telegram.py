@@ -583,6 +583,33 @@ def test_jobs_interrupted_by_a_crash_are_answered_after_restart(server, small_se
     harness.run(scenario)
 
 
+class SlowJobStore(JobStore):
+    """A job store whose crash-recovery query is slow, as on a loaded machine."""
+
+    def unfinished(self, platform: str):
+        time.sleep(1.5)
+        return super().unfinished(platform)
+
+
+def test_a_message_arriving_during_recovery_is_answered_once(server, small_settings, stages):
+    eli = user(122)
+    harness = Harness(server, small_settings, stages)
+    harness.jobs = harness.bot.jobs = SlowJobStore(harness.jobs.engine, harness.jobs.payload_dir)
+
+    async def scenario(h: Harness) -> None:
+        await h.wait("sendVideoNote", chat_id=122)
+        for _ in range(100):  # until nothing is admitted any more: a second answer would be queued
+            if h.service.queue_depth() == 0:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(2.0)
+        assert len(server.find("sendVideoNote", 122)) == 1 and len(h.chat.prompts) == 1
+        assert "I'm still answering your previous message; this one is next." not in server.texts(122)
+
+    server.push(message_update(eli, text="Are you there?"))  # waiting before the bot starts
+    harness.run(scenario)
+
+
 @pytest.mark.real_models
 def test_killed_mid_reply_the_service_answers_exactly_once_after_restart(server, models_installed, tmp_path):
     import os

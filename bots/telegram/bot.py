@@ -29,7 +29,7 @@ from telegram.ext import (
     filters,
 )
 
-from bots.jobs import MAX_ATTEMPTS, JobStore
+from bots.jobs import MAX_ATTEMPTS, Job, JobStore
 from bots.service import Admission, ReplyService
 from bots.telegram.commands import COMMANDS, CommandHandlers
 from bots.telegram.delivery import keep_chat_action, send_result
@@ -96,6 +96,8 @@ class TelegramBot(CommandHandlers):
         """Connect, publish the command menu, and start long polling or the webhook server."""
         await self.app.initialize()
         await self._publish_commands()
+        # Taken before polling starts: a job accepted from now on belongs to its live handler only.
+        interrupted = await self.service.call(self.jobs.unfinished, PLATFORM)
         await self.app.start()
         assert self.app.updater is not None
         if self.options.webhook_url:
@@ -109,7 +111,7 @@ class TelegramBot(CommandHandlers):
             )
         else:
             await self.app.updater.start_polling(allowed_updates=Update.ALL_TYPES)
-        self._resuming = asyncio.create_task(self._resume())
+        self._resuming = asyncio.create_task(self._resume(interrupted))
         log.info(
             "telegram bot @%s running (%s)",
             self.app.bot.username,
@@ -306,9 +308,9 @@ class TelegramBot(CommandHandlers):
         finally:
             self.jobs.finish(job_id)
 
-    async def _resume(self) -> None:
+    async def _resume(self, interrupted: list[Job]) -> None:
         """Answer the jobs a crash interrupted; tell the user about those that keep failing."""
-        for job in await self.service.call(self.jobs.unfinished, PLATFORM):
+        for job in interrupted:
             chat_id, reply_to = int(job.chat_id), int(job.message_id)
             lang = user_language(None, self.memory.profile(job.user).language)
             content = {"text": job.text} if job.text is not None else {"audio": job.audio}
