@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from bots.metrics import Metrics
-from pipeline.cancel import Cancelled, CancelToken
+from pipeline.cancel import Cancelled, CancelToken, TookTooLong
 from pipeline.errors import TalkTwinError
 
 T = TypeVar("T")
@@ -118,6 +118,9 @@ class ReplyService:
             return result
         except Cancelled:
             outcome = "cancelled"
+            raise
+        except TookTooLong as e:
+            outcome = f"timeout_{e.stage}"  # which stage overran, or the reply as a whole
             raise
         except TalkTwinError:
             outcome = "user_error"

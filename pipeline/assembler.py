@@ -97,8 +97,12 @@ class ReplyAssembler:
             self.spoken.append(sentence)
             return None
         t0 = time.perf_counter()
-        speech = self.synthesizer.synthesize(text, detect_language(text, default=self.language), self.voice)
+        with self.token.stage("tts"):
+            speech = self.synthesizer.synthesize(
+                text, detect_language(text, default=self.language), self.voice
+            )
         self.timings.add("tts", time.perf_counter() - t0)
+        self.token.check()
         speech = _with_pause(speech, SENTENCE_PAUSE_S)
         if self.seconds + speech.duration > self.max_seconds and self._chunks:
             self.truncated = True
@@ -123,7 +127,8 @@ class ReplyAssembler:
         )
         while True:
             t1 = time.perf_counter()
-            frames = next(frames_iter, None)
+            with self.token.stage("render"):
+                frames = next(frames_iter, None)
             render_s += time.perf_counter() - t1
             if frames is None:
                 break

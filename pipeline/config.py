@@ -42,6 +42,9 @@ class ReplySettings(_Section):
     max_queue: int = Field(ge=1)
     timeout_s: float = Field(gt=0)
     llm_timeout_s: float = Field(gt=0)
+    asr_timeout_s: float = Field(gt=0)
+    tts_timeout_s: float = Field(gt=0)
+    render_timeout_s: float = Field(gt=0)
 
 
 class AsrSettings(_Section):

@@ -135,9 +135,12 @@ class ReplyPipeline:
         """Check and analyse a photo (cached by content); None = the default avatar."""
         return self.renderer.prepare(image or self._default_avatar_bytes, self.settings.render.size)
 
-    def understand(self, request: ReplyRequest, timings: StageTimings) -> tuple[str, str, Transcript | None]:
+    def understand(
+        self, request: ReplyRequest, timings: StageTimings, token: CancelToken | None = None
+    ) -> tuple[str, str, Transcript | None]:
         """The user's question as text, its language, and the transcript when it was spoken."""
         limits = self.settings.limits
+        token = token or self._token(request)
         if request.audio is not None:
             t0 = time.perf_counter()
             audio = decode_audio(
@@ -145,7 +148,8 @@ class ReplyPipeline:
             )
             timings.add("decode", time.perf_counter() - t0)
             t0 = time.perf_counter()
-            transcript = self.recognizer.transcribe(audio)
+            with token.stage("asr"):
+                transcript = self.recognizer.transcribe(audio, token=token)
             timings.add("asr", time.perf_counter() - t0)
             return transcript.text, _short_language(transcript.language), transcript
         text = (request.text or "").strip()
@@ -162,10 +166,8 @@ class ReplyPipeline:
         progress = on_progress or (lambda stage, info: None)
         timings = StageTimings()
         started = time.perf_counter()
-        token = request.cancel or CancelToken()
-        token.limit(self.settings.reply.timeout_s)
-
-        question, language, transcript = self.understand(request, timings)
+        token = self._token(request)
+        question, language, transcript = self.understand(request, timings, token)
         token.check()
         progress("question", {"text": question, "language": language})
         assembler = self._assembler(request, language, out_path, timings, token)
@@ -186,8 +188,7 @@ class ReplyPipeline:
         timings = StageTimings()
         started = time.perf_counter()
         language = detect_language(text)
-        token = request.cancel or CancelToken()
-        token.limit(self.settings.reply.timeout_s)
+        token = self._token(request)
         assembler = self._assembler(request, language, out_path, timings, token)
         result = self._assemble(assembler, iter(split_sentences(text)), lambda stage, info: None)
         result.question = ""
@@ -195,6 +196,16 @@ class ReplyPipeline:
         return result
 
     # ------------------------------------------------------------------ internals
+    def _token(self, request: ReplyRequest) -> CancelToken:
+        """The request's cancel token (or a new one) with the reply's overall and per-stage limits."""
+        limits = self.settings.reply
+        token = request.cancel or CancelToken()
+        token.limit(limits.timeout_s)
+        token.limit_stage("asr", limits.asr_timeout_s)
+        token.limit_stage("tts", limits.tts_timeout_s)
+        token.limit_stage("render", limits.render_timeout_s)
+        return token
+
     def _assembler(
         self, request: ReplyRequest, language: str, out_path: Path, timings: StageTimings, token: CancelToken
     ) -> ReplyAssembler:

@@ -35,7 +35,7 @@ class ScriptedChat:
 class NoRecognizer:
     """For text-only tests: fails loudly if the pipeline tries to transcribe."""
 
-    def transcribe(self, audio, language=None):
+    def transcribe(self, audio, language=None, token=None):
         raise AssertionError("ASR must not run for a text message")
 
 

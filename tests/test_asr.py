@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline.asr.whisper import WhisperRecognizer
+from pipeline.cancel import Cancelled, CancelToken, TookTooLong
 from pipeline.errors import EmptyTranscript, ModelMissing
 from pipeline.tts.piper import PiperSynthesizer
 from pipeline.types import Audio, VoiceSettings
@@ -46,3 +47,19 @@ def test_noise_without_words_is_an_empty_transcript(whisper: WhisperRecognizer):
     hiss = Audio((0.01 * rng.standard_normal(16000 * 2)).astype(np.float32), 16000)
     with pytest.raises(EmptyTranscript):
         whisper.transcribe(hiss)
+
+
+@pytest.mark.real_models
+def test_recognition_stops_when_cancelled_or_over_its_limit(whisper: WhisperRecognizer, models_installed):
+    piper = PiperSynthesizer(models_installed.resolve(models_installed.tts.piper_voice))
+    speech = piper.synthesize("What time does the library open tomorrow?", "en", VoiceSettings()).audio
+    cancelled = CancelToken()
+    cancelled.cancel()
+    with pytest.raises(Cancelled):
+        whisper.transcribe(speech, token=cancelled)
+    late = CancelToken()
+    late.limit_stage("asr", 0.001)
+    with late.stage("asr"), pytest.raises(TookTooLong) as err:
+        whisper.transcribe(speech, token=late)
+    assert err.value.stage == "asr"
+    assert "library" in whisper.transcribe(speech, token=CancelToken()).text.lower()

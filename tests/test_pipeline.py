@@ -331,6 +331,74 @@ def test_a_reply_over_its_time_limit_is_stopped(hermetic: ReplyPipeline, tmp_pat
     assert not (tmp_path / "t.mp4").exists()
 
 
+class SlowSynthesizer:
+    """The real voice, `delay_s` slower per sentence (a TTS server that hangs)."""
+
+    def __init__(self, inner, delay_s: float) -> None:
+        self.inner, self.delay_s = inner, delay_s
+
+    def synthesize(self, text, language, voice):
+        time.sleep(self.delay_s)
+        return self.inner.synthesize(text, language, voice)
+
+
+class SlowRenderer:
+    """The real renderer, `delay_s` slower per batch of frames (an overloaded machine)."""
+
+    def __init__(self, inner, delay_s: float) -> None:
+        self.inner, self.delay_s = inner, delay_s
+
+    def prepare(self, image, size):
+        return self.inner.prepare(image, size)
+
+    def render(self, avatar, speech, **kwargs):
+        for frames in self.inner.render(avatar, speech, **kwargs):
+            time.sleep(self.delay_s)
+            yield frames
+
+
+@pytest.mark.parametrize("stage", ["tts", "render"])
+def test_a_stuck_stage_stops_the_reply_at_its_own_limit(hermetic: ReplyPipeline, tmp_path: Path, stage: str):
+    settings = load_settings(
+        environ={
+            "TALKTWIN_RENDER__SIZE": "256",
+            "TALKTWIN_PATHS__DATA_DIR": str(tmp_path),
+            f"TALKTWIN_REPLY__{stage.upper()}_TIMEOUT_S": "0.5",
+        }
+    )
+    pipeline = ReplyPipeline(
+        settings,
+        recognizer=NoRecognizer(),
+        chat_model=ScriptedChat("First sentence here. Second one now. A third to finish."),
+        synthesizer=SlowSynthesizer(hermetic.synthesizer, 0.4 if stage == "tts" else 0.0),
+        renderer=SlowRenderer(hermetic.renderer, 0.2 if stage == "render" else 0.0),
+        context=InProcessHistory(),
+    )
+    started = time.monotonic()
+    with pytest.raises(TookTooLong) as err:
+        pipeline.reply(ReplyRequest("test:st", text="Tell me three things."), tmp_path / "st.mp4")
+    assert err.value.stage == stage
+    assert time.monotonic() - started < settings.reply.timeout_s / 10  # long before the reply's own limit
+    assert "took too long" in err.value.user_message("en") and "太长" in err.value.user_message("zh")
+    assert not (tmp_path / "st.mp4").exists()
+
+
+def test_stage_time_adds_up_over_the_reply_and_counts_while_running():
+    token = CancelToken()
+    token.limit_stage("tts", 0.25)
+    with token.stage("render"):  # a stage without a limit never stops the reply
+        time.sleep(0.3)
+    for _ in range(2):
+        with token.stage("tts"):
+            time.sleep(0.1)
+    token.check()  # 0.2 s of speech so far: within the limit
+    with token.stage("tts"), pytest.raises(TookTooLong) as err:
+        time.sleep(0.1)
+        token.check()  # seen from inside the stage, before it ends
+    assert err.value.stage == "tts"
+    assert token.spent("tts") == pytest.approx(0.3, abs=0.05)
+
+
 def test_a_model_writing_too_long_is_cut_and_the_answer_so_far_spoken(
     hermetic: ReplyPipeline, tmp_path: Path
 ):

@@ -4,7 +4,10 @@ import asyncio
 import contextlib
 import time
 
+import pytest
+
 from bots.service import Admission, ReplyService
+from pipeline.cancel import TookTooLong
 from pipeline.errors import EmptyText
 
 
@@ -75,4 +78,20 @@ def test_a_full_service_says_when_to_come_back():
     verdict, retry = service.admit("d")
     assert verdict is Admission.FULL and retry == 3 * 6.0  # three jobs ahead, ~6 s each by default
     assert 'talktwin_jobs_total{outcome="full"} 1.0' in service.metrics.render().decode()
+    service.shutdown()
+
+
+def test_timeouts_are_counted_by_the_stage_that_overran():
+    service = ReplyService(max_pending=2, rate_limit=100)
+
+    def overrun() -> None:
+        raise TookTooLong("render took over 120 s", stage="render")
+
+    async def main() -> None:
+        assert service.admit("dee")[0] is Admission.RUN_NOW
+        with pytest.raises(TookTooLong):
+            await service.run("dee", overrun)
+
+    asyncio.run(main())
+    assert 'talktwin_jobs_total{outcome="timeout_render"} 1.0' in service.metrics.render().decode()
     service.shutdown()

@@ -35,7 +35,7 @@ class HeardRecognizer:
     def __init__(self) -> None:
         self.durations: list[float] = []
 
-    def transcribe(self, audio: Audio, language: str | None = None) -> Transcript:
+    def transcribe(self, audio: Audio, language: str | None = None, token=None) -> Transcript:
         self.durations.append(audio.duration)
         return Transcript("What is the capital of France?", "en", audio_duration=audio.duration)
 

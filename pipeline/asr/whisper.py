@@ -7,6 +7,7 @@ import os
 import threading
 from pathlib import Path
 
+from pipeline.cancel import CancelToken
 from pipeline.errors import EmptyTranscript, ModelMissing
 from pipeline.media.audio_input import resample
 from pipeline.types import Audio, Transcript, WordTiming
@@ -52,10 +53,13 @@ class WhisperRecognizer:
         self._lock = threading.Lock()
         log.info("whisper %s on %s (%s)", model, device, compute_type)
 
-    def transcribe(self, audio: Audio, language: str | None = None) -> Transcript:
+    def transcribe(
+        self, audio: Audio, language: str | None = None, token: CancelToken | None = None
+    ) -> Transcript:
         samples = resample(audio, WHISPER_RATE).samples
+        token = token or CancelToken()
         with self._lock:
-            segments, info = self.model.transcribe(
+            pending, info = self.model.transcribe(
                 samples,
                 language=language,
                 beam_size=self.beam_size,
@@ -63,7 +67,10 @@ class WhisperRecognizer:
                 word_timestamps=True,
                 condition_on_previous_text=False,
             )
-            segments = list(segments)
+            segments = []
+            for segment in pending:  # decoded lazily, ~30 s of audio at a time
+                token.check()
+                segments.append(segment)
         # Whisper sometimes writes Mandarin in traditional characters; users expect simplified.
         norm = _to_simplified if info.language == "zh" else str.strip
         words = tuple(
