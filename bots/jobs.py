@@ -3,7 +3,8 @@
 A job is written (with its audio, if any) as soon as the update arrives, before any model work, and
 marked finished once the user got an answer or a clear error. After a crash, a restarted bot finds
 the unfinished jobs and answers them (or, after repeated failures, tells the user). The platform's
-own message id makes jobs idempotent: an update delivered twice is recognised and skipped.
+own message id (for HTTP, the client's Idempotency-Key) makes jobs idempotent: an update delivered
+twice is recognised and skipped, and a finished job can keep its response for replaying.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Engine, Float, Integer, String, Text, UniqueConstraint, delete, select
+from sqlalchemy import Engine, Float, Integer, String, Text, UniqueConstraint, delete, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -36,6 +37,7 @@ class JobRow(Base):
     status: Mapped[str] = mapped_column(String(16), default="accepted")  # accepted | done
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created: Mapped[float] = mapped_column(Float, default=time.time)
+    result: Mapped[str | None] = mapped_column(Text, nullable=True)  # a response kept for replaying
 
 
 @dataclass(frozen=True)
@@ -49,12 +51,17 @@ class Job:
     text: str | None
     audio: bytes | None
     attempts: int
+    status: str = "accepted"
+    result: str | None = None
 
 
 class JobStore:
     def __init__(self, engine: Engine, payload_dir: Path) -> None:
         self.engine = engine
         Base.metadata.create_all(engine, tables=[JobRow.__table__])
+        if "result" not in {c["name"] for c in inspect(engine).get_columns(JobRow.__tablename__)}:
+            with engine.begin() as db:  # a database made before responses were kept
+                db.execute(text(f"ALTER TABLE {JobRow.__tablename__} ADD COLUMN result TEXT"))
         self.payload_dir = payload_dir
         payload_dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -99,13 +106,27 @@ class JobStore:
             if row is not None:
                 row.attempts += 1
 
-    def finish(self, job_id: int) -> None:
-        """The user got an answer or a clear error: done, and its audio is deleted."""
+    def finish(self, job_id: int, result: str | None = None) -> None:
+        """The user got an answer or a clear error: done, and its audio is deleted.
+
+        `result` (the response as sent) is kept so that a retried request can be answered with it."""
         with self._lock, Session(self.engine) as s, s.begin():
             row = s.get(JobRow, job_id)
             if row is not None:
-                row.status, row.text, row.has_audio = "done", None, 0
+                row.status, row.text, row.has_audio, row.result = "done", None, 0, result
         self._payload(job_id).unlink(missing_ok=True)
+
+    def find(self, platform: str, chat_id: int | str, message_id: int | str) -> Job | None:
+        """The job recorded for this message, finished or not."""
+        with Session(self.engine) as s:
+            row = s.scalars(
+                select(JobRow).where(
+                    JobRow.platform == platform,
+                    JobRow.chat_id == str(chat_id),
+                    JobRow.message_id == str(message_id),
+                )
+            ).first()
+            return None if row is None else self._job(row)
 
     def unfinished(self, platform: str) -> list[Job]:
         with Session(self.engine) as s:
@@ -114,22 +135,23 @@ class JobStore:
                 .where(JobRow.platform == platform, JobRow.status == "accepted")
                 .order_by(JobRow.id)
             ).all()
-            return [
-                Job(
-                    r.id,
-                    r.platform,
-                    r.chat_id,
-                    r.message_id,
-                    r.user,
-                    r.conversation,
-                    r.text,
-                    self._payload(r.id).read_bytes()
-                    if r.has_audio and self._payload(r.id).exists()
-                    else None,
-                    r.attempts,
-                )
-                for r in rows
-            ]
+            return [self._job(r) for r in rows]
+
+    def _job(self, row: JobRow) -> Job:
+        payload = self._payload(row.id)
+        return Job(
+            id=row.id,
+            platform=row.platform,
+            chat_id=row.chat_id,
+            message_id=row.message_id,
+            user=row.user,
+            conversation=row.conversation,
+            text=row.text,
+            audio=payload.read_bytes() if row.has_audio and payload.exists() else None,
+            attempts=row.attempts,
+            status=row.status,
+            result=row.result,
+        )
 
     def forget(self, user: str) -> None:
         with self._lock, Session(self.engine) as s, s.begin():

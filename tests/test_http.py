@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -159,3 +160,66 @@ def test_a_full_service_answers_429_with_an_estimate(client: TestClient, compone
     components.service.admit(user_key("http", "someone-else"))  # the only place in the queue is taken
     r = client.post("/v1/reply", data={"user": "jon", "text": "Hi"})
     assert r.status_code == 429 and r.json()["error"] == "full" and int(r.headers["Retry-After"]) >= 5
+
+
+def test_a_repeated_request_with_the_same_idempotency_key_is_answered_once(
+    client: TestClient, components: Components
+):
+    chat = components.pipeline.chat_model
+    asked = len(chat.calls)
+    headers = {"Idempotency-Key": "kim-question-1"}
+    first = client.post("/v1/reply", data={"user": "kim", "text": "Where is Paris?"}, headers=headers)
+    again = client.post("/v1/reply", data={"user": "kim", "text": "Where is Paris?"}, headers=headers)
+    assert first.status_code == again.status_code == 200
+    assert again.json() == first.json() and again.headers["Idempotent-Replayed"] == "true"
+    assert len(chat.calls) == asked + 1  # the model answered once
+    video = client.post(
+        "/v1/reply",
+        data={"user": "kim", "text": "Where is Paris?"},
+        headers={**headers, "Accept": "video/mp4"},
+    )
+    assert video.content == client.get(first.json()["media_url"]).content
+    history = components.memory.export(user_key("http", "kim"))
+    assert json.dumps(history, ensure_ascii=False).count("Where is Paris?") == 1  # one turn in memory
+    # the same key from another user is another request
+    other = client.post("/v1/reply", data={"user": "lee", "text": "Where is Paris?"}, headers=headers)
+    assert other.status_code == 200 and "Idempotent-Replayed" not in other.headers
+    assert (
+        client.post(
+            "/v1/reply", data={"user": "kim", "text": "Hi"}, headers={"Idempotency-Key": "../x"}
+        ).status_code
+        == 422
+    )
+
+
+def test_a_request_a_crash_interrupted_is_answered_on_retry_and_errors_replay(
+    client: TestClient, components: Components
+):
+    key = user_key("http", "max")
+    # what a crash left behind: one request started once, one that crashed the service twice
+    once = components.jobs.accept("http", key, "q-once", key, key, text="Still there?")
+    components.jobs.start(once)
+    twice = components.jobs.accept("http", key, "q-twice", key, key, text="Crash again?")
+    components.jobs.start(twice)
+    components.jobs.start(twice)
+    r = client.post(
+        "/v1/reply", data={"user": "max", "text": "Still there?"}, headers={"Idempotency-Key": "q-once"}
+    )
+    assert r.status_code == 200 and r.json()["answer"] == "Paris, of course."
+    lost = client.post(
+        "/v1/reply",
+        data={"user": "max", "text": "Crash again?"},
+        headers={"Idempotency-Key": "q-twice", "Accept-Language": "zh-CN"},
+    )
+    assert lost.status_code == 500 and lost.json()["error"] == "job_lost"
+    assert components.jobs.unfinished("http") == []
+    # a clear user error is kept too: the same request gets the same answer
+    for _ in range(2):
+        empty = client.post(
+            "/v1/reply", data={"user": "max", "text": "   "}, headers={"Idempotency-Key": "q-3"}
+        )
+        assert empty.status_code == 400 and empty.json()["error"] == "empty_text"
+    # a refusal is not kept: once the user is free, the same key gets answered
+    components.service.admit(key)  # a job of theirs is in work
+    busy = client.post("/v1/reply", data={"user": "max", "text": "Hi"}, headers={"Idempotency-Key": "q-4"})
+    assert busy.status_code == 429

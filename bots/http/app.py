@@ -3,14 +3,20 @@
 Like the bots it only normalises requests and returns what the pipeline made. Users are named by
 the caller (`user` field / path), stored as "http:<id>"; ids are validated, never joined into paths.
 Generated media is kept under data/media/ by random token for a while and served from there.
+
+A client may send an `Idempotency-Key` header with a reply request. The job is then recorded before
+any work: the same key again gets the first response back instead of a second answer, and after a
+crash the retried request is answered (at most MAX_ATTEMPTS tries).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import re
 import secrets
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,6 +26,7 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, File, Form, Header, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
+from bots.jobs import MAX_ATTEMPTS, Job
 from bots.service import Admission
 from bots.texts import user_language
 from memory.keys import user_key
@@ -31,6 +38,7 @@ log = logging.getLogger(__name__)
 PAGE = Path(__file__).with_name("page.html")
 USER_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MEDIA_NAME = re.compile(r"^[0-9a-f]{32}\.(mp4|ogg)$")
+IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 FORMATS = ("video", "video_note", "voice", "text")
 STATUS = {"file_too_large": 413, "audio_too_long": 413, "text_too_long": 413, "model_missing": 503}
 
@@ -59,6 +67,16 @@ class HttpOptions:
         return cls(host=host, port=port, api_keys=keys)
 
 
+@dataclass(frozen=True)
+class _Outcome:
+    """One reply request's response, kept whole so that a repeated request can get it again."""
+
+    status: int
+    body: dict
+    media: Path | None = None
+    headers: dict[str, str] | None = None
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -74,6 +92,8 @@ def create_app(components, options: HttpOptions) -> FastAPI:
     media_dir = settings.resolve(settings.paths.data_dir) / "media"
     media_dir.mkdir(parents=True, exist_ok=True)
     upload_limit = int(settings.limits.max_upload_mb * 1e6)
+    jobs = components.jobs
+    in_work: set[int] = set()  # ids of idempotent jobs this process is answering right now
     app = FastAPI(title="TalkTwin", version="0.1.0", description="Talk to your digital twin.")
 
     def authorised(
@@ -109,6 +129,52 @@ def create_app(components, options: HttpOptions) -> FastAPI:
             raise HTTPException(422, "user ids are 1-64 letters, digits, '_' or '-'")
         return user_key("http", user_id)
 
+    claims = threading.Lock()
+
+    def claim(
+        key: str, idempotency_key: str, text: str | None, audio: bytes | None
+    ) -> tuple[int | None, Job | None]:
+        """Record the request as a job and mark it in work: (job id, None) to answer it, or
+        (None, the job recorded earlier) when it is answered already, in work, or given up."""
+        with claims:  # accepting and marking in work is one step: two identical requests never both run
+            job_id = jobs.accept("http", key, idempotency_key, key, key, text=text, audio=audio)
+            job = None if job_id is not None else jobs.find("http", key, idempotency_key)
+            if (
+                job is not None
+                and job.status != "done"
+                and job.id not in in_work
+                and job.attempts < MAX_ATTEMPTS
+            ):
+                job_id, job = job.id, None  # accepted before a crash or a refusal: answer it now
+            if job_id is not None:
+                in_work.add(job_id)
+                jobs.start(job_id)
+            return job_id, job
+
+    def earlier_response(job: Job, request: Request) -> Response:
+        """What a repeated request gets: the first response, or why there is none (yet)."""
+        if job.status != "done" and job.id in in_work:
+            return JSONResponse(
+                {"error": "in_progress", "message": "this request is still being answered"},
+                status_code=409,
+                headers={"Retry-After": "5"},
+            )
+        if job.status != "done":  # it crashed the service MAX_ATTEMPTS times
+            lost = {"error": "job_lost", "message": InternalFailure().user_message(lang_of(request))}
+            jobs.finish(job.id, json.dumps({"status": 500, "body": lost}))
+            return JSONResponse(lost, status_code=500)
+        saved = json.loads(job.result or "{}")
+        body, status = saved.get("body", {}), saved.get("status", 500)
+        media = media_dir / (body.get("media_url") or "").rsplit("/", 1)[-1]
+        replayed = {"Idempotent-Replayed": "true"}
+        if (
+            "video/mp4" in request.headers.get("accept", "")
+            and MEDIA_NAME.fullmatch(media.name)
+            and media.is_file()
+        ):
+            return FileResponse(media, media_type="video/mp4", headers=replayed)
+        return JSONResponse(body, status_code=status, headers=replayed)
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
         return HTMLResponse(PAGE.read_text(encoding="utf-8"))
@@ -132,41 +198,70 @@ def create_app(components, options: HttpOptions) -> FastAPI:
         avatar: Annotated[UploadFile | None, File()] = None,
     ) -> Response:
         """Answer a text or spoken question: JSON with the answer and a media URL, or the mp4 itself
-        when the request says `Accept: video/mp4`."""
+        when the request says `Accept: video/mp4`. With an `Idempotency-Key` header, a repeated
+        request gets the first response again (header `Idempotent-Replayed: true`)."""
         key = checked_user(user)
         if format not in FORMATS:
             raise HTTPException(422, f"format must be one of {FORMATS}")
         if (text is None) == (audio is None):
             raise HTTPException(422, "send exactly one of `text` and `audio`")
+        idempotency_key = request.headers.get("idempotency-key")
+        if idempotency_key is not None and not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
+            raise HTTPException(422, "Idempotency-Key: 1-100 letters, digits, '_', '-', '.' or ':'")
         audio_bytes, avatar_bytes = await read_upload(audio), await read_upload(avatar)
+        job_id = None
+        if idempotency_key is not None:
+            job_id, earlier = await components.service.call(claim, key, idempotency_key, text, audio_bytes)
+            if earlier is not None:
+                return earlier_response(earlier, request)
+        try:
+            outcome = await answer(key, user, text, audio_bytes, avatar_bytes, format, subtitles)
+        except TalkTwinError as e:
+            outcome = _Outcome(
+                STATUS.get(e.code, 400), {"error": e.code, "message": e.user_message(lang_of(request))}
+            )
+        except Exception:
+            log.exception("reply failed")  # the job stays open: a retry with the same key tries again
+            raise InternalFailure() from None
+        finally:
+            in_work.discard(job_id or -1)
+        if job_id is not None and outcome.status != 429:  # a refused request may come again, same key
+            saved = json.dumps({"status": outcome.status, "body": outcome.body})
+            await components.service.call(jobs.finish, job_id, saved)
+        if outcome.media is not None and "video/mp4" in request.headers.get("accept", ""):
+            return FileResponse(outcome.media, media_type="video/mp4")
+        return JSONResponse(outcome.body, status_code=outcome.status, headers=outcome.headers)
+
+    async def answer(
+        key: str,
+        user: str,
+        text: str | None,
+        audio: bytes | None,
+        avatar: bytes | None,
+        format: str,
+        subtitles: bool | None,
+    ) -> _Outcome:
+        """Admit and run one reply."""
         verdict, retry_s = components.service.admit(key)
         if verdict in (Admission.BUSY, Admission.FULL, Admission.RATE_LIMITED):
             wait = max(1, round(retry_s)) if verdict is not Admission.BUSY else 5
-            return JSONResponse({"error": verdict.value, "message": f"busy, try again in {wait} s"},
-                                status_code=429, headers={"Retry-After": str(wait)})  # fmt: skip
+            body = {"error": verdict.value, "message": f"busy, try again in {wait} s"}
+            return _Outcome(429, body, headers={"Retry-After": str(wait)})
         _purge(media_dir, options.media_ttl_s)
         out = media_dir / f"{secrets.token_hex(16)}.{'ogg' if format == 'voice' else 'mp4'}"
         profile = components.memory.profile(key)
         req = ReplyRequest(
             user=key,
             text=text,
-            audio=audio_bytes,
-            avatar=avatar_bytes or components.memory.avatar(key),
+            audio=audio,
+            avatar=avatar or components.memory.avatar(key),
             voice=profile.voice,
             format=format,
             subtitles=subtitles,
         )
-        try:
-            result = await components.service.run(key, components.pipeline.reply, req, out)
-        except TalkTwinError:
-            raise
-        except Exception:
-            log.exception("reply failed")
-            raise InternalFailure() from None
-        if result.media_path is not None and "video/mp4" in request.headers.get("accept", ""):
-            return FileResponse(result.media_path, media_type="video/mp4")
+        result = await components.service.run(key, components.pipeline.reply, req, out)
         transcript = result.transcript
-        return JSONResponse({
+        return _Outcome(200, {
             "user": user,
             "question": result.question,
             "transcript": {"text": transcript.text, "language": transcript.language} if transcript else None,
@@ -177,7 +272,7 @@ def create_app(components, options: HttpOptions) -> FastAPI:
             "truncated": result.truncated,
             "timings": result.timings.as_dict(),
             "media_url": f"/v1/media/{result.media_path.name}" if result.media_path else None,
-        })  # fmt: skip
+        }, result.media_path)  # fmt: skip
 
     @app.get("/v1/media/{name}", dependencies=[Depends(authorised)])
     async def media(name: str) -> FileResponse:
@@ -201,6 +296,7 @@ def create_app(components, options: HttpOptions) -> FastAPI:
         """Delete everything about the user: memory, profile, avatar, documents, media."""
         key = checked_user(user_id)
         await components.service.call(components.memory.forget, key)
+        await components.service.call(jobs.forget, key)
         return {"user": user_id, "deleted": True}
 
     return app
