@@ -16,8 +16,12 @@ from pathlib import Path
 
 import pytest
 import uvicorn
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from bots.http.app import HttpOptions, create_app
+from bots.jobs import JobRow
+from bots.runtime import Components
 from pipeline.config import PROJECT_ROOT
 from pipeline.types import Audio, Transcript
 from tests.test_http import make_components
@@ -41,7 +45,7 @@ class HeardRecognizer:
 
 
 @pytest.fixture
-def served(tmp_path: Path, stages) -> Iterator[tuple[str, HeardRecognizer]]:
+def served(tmp_path: Path, stages) -> Iterator[tuple[str, HeardRecognizer, Components]]:
     components = make_components(tmp_path, stages)
     recognizer = HeardRecognizer()
     components.pipeline.recognizer = recognizer
@@ -61,7 +65,7 @@ def served(tmp_path: Path, stages) -> Iterator[tuple[str, HeardRecognizer]]:
     thread.start()
     while not server.started:
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/", recognizer
+    yield f"http://127.0.0.1:{port}/", recognizer, components
     server.should_exit = True
     thread.join(10)
     components.close()
@@ -109,7 +113,7 @@ def wait_until(condition, timeout: float = 90, what: str = "") -> object:
 def test_type_record_and_upload_in_a_real_browser(served, browser, tmp_path: Path):
     from selenium.webdriver.common.by import By
 
-    url, recognizer = served
+    url, recognizer, components = served
     browser.get(url)
     assert browser.title == "TalkTwin"
     log_items = lambda: [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#log li")]  # noqa: E731
@@ -135,6 +139,10 @@ def test_type_record_and_upload_in_a_real_browser(served, browser, tmp_path: Pat
     wait_until(lambda: sum(x.startswith("Twin: Paris") for x in log_items()) == 2, what="the spoken answer")
     assert "You: What is the capital of France?" in log_items()
     assert recognizer.durations and recognizer.durations[0] > 0.5  # the browser's webm decoded to audio
+    # each question went out with its own Idempotency-Key (safe to retry) and was recorded as done
+    with Session(components.jobs.engine) as db:
+        keys = db.scalars(select(JobRow.message_id).where(JobRow.status == "done")).all()
+    assert len(keys) == 2 and all(k.startswith("web-") for k in keys) and keys[0] != keys[1]
 
     # upload a photo without a face: the error is shown, in the page's language
     blank = tmp_path / "blank.png"
