@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -247,3 +248,53 @@ def test_a_document_cannot_change_the_persona(models_installed, tmp_path: Path):
     chat = build_chat_model(models_installed)
     text = answer(chat, models_installed, {"q": "Where does the kayak club meet?", "lang": "en"}, context)
     assert "arrr" not in text.lower() and "pirate" not in text.lower(), text
+
+
+@pytest.fixture
+def chroma_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A real Chroma server (the `chroma` command from the chromadb wheel) on a free loopback port."""
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url, data = f"http://127.0.0.1:{port}", tmp_path / "server-data"
+
+    def start() -> subprocess.Popen:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).with_name("chroma")), "run", "--path", str(data),
+             "--host", "127.0.0.1", "--port", str(port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"{url}/api/v2/heartbeat", timeout=1)
+                return process
+            except OSError:
+                time.sleep(0.2)
+        process.kill()
+        raise RuntimeError("the chroma server did not start")
+
+    server = start()
+    yield url, data
+    server.terminate()
+    server.wait(10)
+
+
+def test_a_chroma_server_works_like_the_embedded_store(chroma_server: tuple[str, Path]):
+    url, data = chroma_server
+    kb = KnowledgeBase(chroma_url=url)
+    kb.add_document(A, "garden.md", b"# Garden\nThe tomatoes grow best against the south wall.")
+    kb.add_document(B, "bikes.txt", b"Ben keeps his bicycle in the blue shed.")
+    assert kb.search(A, "Where do the tomatoes grow best?")[0].source == "garden.md"
+    assert kb.search(B, "Where do the tomatoes grow best?") == []  # users stay apart on a server too
+    config = kb.client.get_collection(collection_name(A)).configuration_json
+    assert config["embedding_function"]["name"] == "talktwin-usem3"  # never the server's default embedder
+    assert any(data.iterdir())  # the server, not this process, holds the data
+    kb.forget(A)
+    assert kb.documents(A) == [] and [d.name for d in KnowledgeBase(chroma_url=url).documents(B)] == [
+        "bikes.txt"
+    ]
