@@ -5,7 +5,12 @@ the uint8 frames the encoder gets) and render + encode (the same frames piped in
 H.264 encoder, muxed at the end). Also prepare() time, cold (first photo: FaceMesh graph built) and
 warm (new size, landmarks known). Speech is a loud/quiet alternating tone so the mouth works.
 
+With `--replies N`, also N replies rendered at the same time (one thread each, as the service's
+workers do): total fps with each reply drawing its own batches, and with SharedBatchRenderer merging
+them (what the service uses on CUDA).
+
     .venv/bin/python -m bench.render_fps [--seconds 8] [--sizes 256 512] [--device cpu] [--frame photo]
+        [--replies 4]
 
 Writes bench/results/render_fps_<device>.json.
 """
@@ -17,6 +22,7 @@ import json
 import os
 import platform
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -24,6 +30,7 @@ import numpy as np
 import torch
 
 from pipeline.media.video_output import VideoWriter
+from pipeline.render.shared_batches import SharedBatchRenderer
 from pipeline.render.variants import frame_size
 from pipeline.render.warp import WarpRenderer
 from pipeline.types import Audio, Speech
@@ -77,6 +84,46 @@ def measure(size: int, seconds: float, batch: int, device: str, photo: bytes, fr
     }
 
 
+def measure_replies(size: int, seconds: float, batch: int, device: str, photo: bytes, replies: int) -> dict:
+    """Total render fps of `replies` concurrent replies (same photo), separate vs shared batches."""
+    inner = WarpRenderer(device=device, batch=batch, seed=7)
+    avatar = inner.prepare(photo, size)
+    speech, n = test_speech(seconds), round(seconds * FPS)
+
+    def run_all(renderer) -> float:
+        start = threading.Barrier(replies + 1)
+
+        def reply() -> None:
+            start.wait()
+            for _frames in renderer.render(avatar, speech, fps=FPS, start_time=0.0, n_frames=n):
+                pass
+
+        threads = [threading.Thread(target=reply) for _ in range(replies)]
+        for t in threads:
+            t.start()
+        start.wait()
+        t0 = time.perf_counter()
+        for t in threads:
+            t.join()
+        if inner.device.type == "cuda":
+            torch.cuda.synchronize()
+        return replies * n / (time.perf_counter() - t0)
+
+    shared = SharedBatchRenderer(inner, max_batch=4 * batch)
+    run_all(shared)  # warm-up
+    separate_fps, shared_fps = run_all(inner), run_all(shared)
+    stats = shared.stats
+    shared.close()
+    return {
+        "size": size,
+        "replies": replies,
+        "batch": batch,
+        "separate_fps": round(separate_fps, 1),
+        "shared_fps": round(shared_fps, 1),
+        "chunks_per_draw": round(stats.chunks / max(1, stats.draws), 2),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8.0)
@@ -85,6 +132,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--photo", type=Path, default=ROOT / "assets" / "avatar.jpg")
     parser.add_argument("--frame", choices=["square", "photo"], default="square")
+    parser.add_argument("--replies", type=int, default=0, help="also measure N concurrent replies")
     args = parser.parse_args()
     photo = args.photo.read_bytes()
     t0 = time.perf_counter()
@@ -100,6 +148,16 @@ def main() -> None:
         "prepare_cold_s": round(cold, 3),
         "sizes": rows,
     }
+    if args.replies:
+        result["concurrent"] = [
+            measure_replies(size, args.seconds, args.batch, args.device, photo, args.replies)
+            for size in args.sizes
+        ]
+        for r in result["concurrent"]:
+            print(
+                f"{r['size']} px, {r['replies']} replies at once: {r['separate_fps']} fps drawing "
+                f"separately, {r['shared_fps']} fps in shared batches ({r['chunks_per_draw']} chunks/draw)"
+            )
     for r in rows:
         print(
             f"{r['size']} px ({r['frame']}) batch {r['batch']}: render {r['render_fps']} fps, "

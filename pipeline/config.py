@@ -40,6 +40,7 @@ class LimitSettings(_Section):
 class ReplySettings(_Section):
     overlap: Literal["auto", "on", "off"]
     max_queue: int = Field(ge=1)
+    workers: int = Field(ge=0, le=64)
     timeout_s: float = Field(gt=0)
     llm_timeout_s: float = Field(gt=0)
     asr_timeout_s: float = Field(gt=0)
@@ -99,6 +100,7 @@ class RenderSettings(_Section):
     avatar: Path
     seed: int
     frame: Literal["square", "photo"]
+    share_batches: Literal["auto", "on", "off"]
 
     @field_validator("size")
     @classmethod
