@@ -26,6 +26,7 @@ from knowledge.base import KnowledgeBase
 from memory.store import MemoryStore
 from pipeline.config import Settings
 from pipeline.orchestrator import ReplyPipeline
+from pipeline.render.factory import renders_on_gpu
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class Components:
             max_pending=tg.max_pending,
             max_queue=settings.reply.max_queue,
             rate_limit=tg.rate_limit_per_minute,
+            workers=settings.reply.workers or (4 if renders_on_gpu(pipeline.renderer) else 1),
         )
         jobs = JobStore(memory.engine, settings.resolve(settings.paths.data_dir) / "jobs")
         return cls(pipeline, memory, memory.knowledge, service, jobs)
@@ -96,6 +98,7 @@ async def serve(settings: Settings, environ: Mapping[str, str] | None = None) ->
                 components.memory,
                 components.knowledge,
                 components.service,
+                components.jobs,
             )
         )
     stop = asyncio.Event()

@@ -172,6 +172,23 @@ TEXTS: dict[str, dict[str, str]] = {
     "dc_cmd_reset": {"en": "Start a new conversation here", "zh": "在这里开始新对话"},
     "dc_cmd_forget": {"en": "Delete all your data", "zh": "删除你的全部数据"},
     "dc_cmd_kb": {"en": "List or remove your documents", "zh": "查看或删除你的文档"},
+    "dc_opt_question": {"en": "What you want to ask", "zh": "你想问的问题"},
+    "dc_opt_image": {"en": "A front-facing portrait photo", "zh": "一张正面人像照片"},
+    "dc_opt_avatar_reset": {"en": "Go back to the default avatar", "zh": "恢复默认头像"},
+    "dc_opt_voice_name": {
+        "en": "A voice name, e.g. en-US-AriaNeural",
+        "zh": "声音名称，例如 zh-CN-XiaoxiaoNeural",
+    },
+    "dc_opt_rate": {"en": "Speaking rate in % (-50..100)", "zh": "语速，百分比（-50..100）"},
+    "dc_opt_pitch": {"en": "Pitch in Hz (-50..50)", "zh": "音调，单位 Hz（-50..50）"},
+    "dc_opt_volume": {"en": "Volume (10..100)", "zh": "音量（10..100）"},
+    "dc_opt_voice_reset": {"en": "Back to the default voice", "zh": "恢复默认声音"},
+    "dc_opt_mode": {"en": "How replies come", "zh": "回复的方式"},
+    "dc_opt_kb_remove": {"en": "The name of a document to remove", "zh": "要删除的文档名称"},
+    "dc_cancel_stopping": {
+        "en": "Stopping your reply in work; it will not be sent.",
+        "zh": "正在停止你正在生成的回复，它不会被发送。",
+    },
     "dc_avatar_hint": {
         "en": "To make a photo your avatar, send it with the word avatar, or use /avatar image.",
         "zh": "要把照片设为头像，请在发送时附上 avatar 一词，或使用 /avatar image。",

@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 
 import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from bots.discord.bot import DiscordBot
 from bots.discord.options import DiscordOptions
+from bots.jobs import JobRow, JobStore
 from bots.service import ReplyService
+from bots.texts import TEXTS
 from knowledge.base import KnowledgeBase
-from memory.keys import user_key
+from memory.keys import conversation_key, user_key
 from memory.store import MemoryStore
 from pipeline.config import Settings
 from pipeline.orchestrator import ReplyPipeline
@@ -89,7 +95,10 @@ class Harness:
             cooldown_s=0,
             guild_ready_timeout_s=0.1,
         )
-        self.bot = DiscordBot(replace(base, **opts), self.pipeline, self.memory, self.knowledge, self.service)
+        self.jobs = JobStore(self.memory.engine, settings.resolve(settings.paths.data_dir) / "jobs")
+        self.bot = DiscordBot(
+            replace(base, **opts), self.pipeline, self.memory, self.knowledge, self.service, self.jobs
+        )
 
     def run(self, scenario: Callable[[Harness], Awaitable[None]]) -> None:
         async def main() -> None:
@@ -123,6 +132,12 @@ class Harness:
 
         return await asyncio.to_thread(self.server.wait_for, has_video, count, 120)
 
+    async def until(self, condition: Callable[[], object], timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, "condition never became true"
+            await asyncio.sleep(0.1)
+
 
 def dm_channel(uid: int) -> int:
     return 800_000_000_000_000_000 + uid
@@ -142,6 +157,11 @@ def in_guild(sender: dict, content: str = "", channel: int = CHANNEL_ID, mention
 def file_of(call: Call) -> tuple[str, bytes]:
     (item,) = call.files.values()
     return item
+
+
+def jobs_of(h: Harness, key: str) -> list[JobRow]:
+    with Session(h.jobs.engine) as s:
+        return list(s.scalars(select(JobRow).where(JobRow.user == key)))
 
 
 def reference_of(call: Call) -> str | None:
@@ -165,6 +185,7 @@ def test_dm_text_gets_an_mp4_reply_with_audio_to_that_message(server, small_sett
             "reset",
             "forget",
             "kb",
+            "cancel",
         }
         sent = await h.send(dm(ann, "Hello twin!"))
         (reply,) = await h.videos(dm_channel(300001))
@@ -279,6 +300,7 @@ def test_slash_commands_ask_settings_and_forget(server, small_settings, stages):
         await h.replies(chan, before + 1)
         assert "4711" in h.chat.prompts[-1][0].content  # the passage reached the model
 
+        assert jobs_of(h, key)  # the vault question was a durable job
         await h.interact(slash(eli, "forget", channel_id=chan))
         await h.texts(chan, "This deletes everything")
         prompt = server.messages(chan)[-1]
@@ -288,6 +310,7 @@ def test_slash_commands_ask_settings_and_forget(server, small_settings, stages):
         (done,) = await asyncio.to_thread(server.wait_for, lambda c: c.payload.get("type") == 7)
         assert done.payload["content"] == "Done. I've deleted all your data."
         assert h.knowledge.documents(key) == [] and h.memory.profile(key).mode == "video_note"
+        assert jobs_of(h, key) == []
 
     Harness(server, small_settings, stages).run(scenario)
 
@@ -449,3 +472,119 @@ def test_long_answers_are_split_at_2000_characters(server, small_settings, stage
         assert " ".join(parts) == answer.strip()
 
     Harness(server, small_settings, stages, chat=ScriptedChat(answer)).run(scenario)
+
+
+def test_a_redelivered_message_is_answered_once(server, small_settings, stages):
+    kay = user(300014, "kay")
+    chan = dm_channel(300014)
+
+    async def scenario(h: Harness) -> None:
+        sent = dm(kay, "Only once, please.")
+        await h.send(sent)
+        await h.send(sent)  # the gateway replays events after a reconnect
+        (reply,) = await h.videos(chan)
+        assert reference_of(reply) == sent["id"]
+        await asyncio.sleep(2.0)
+        assert len(server.messages(chan)) == 1 and len(h.chat.prompts) == 1  # no second answer, no "busy"
+
+    Harness(server, small_settings, stages).run(scenario)
+
+
+def test_jobs_interrupted_by_a_crash_are_answered_after_restart(server, small_settings, stages, tone):
+    harness = Harness(server, small_settings, stages)
+    lia, mo, ned = (user_key("discord", uid) for uid in (300015, 300016, 300017))
+    # what a crashed process left behind: a text job started once, an audio job not started yet,
+    # and one that already failed twice (in a guild channel)
+    first = harness.jobs.accept("discord", dm_channel(300015), 5001, lia, lia, text="Are you back?")
+    harness.jobs.start(first)
+    harness.jobs.accept("discord", dm_channel(300016), 5002, mo, mo, audio=tone)
+    thread = conversation_key("discord", 300017, CHANNEL_ID, group=True)
+    third = harness.jobs.accept("discord", CHANNEL_ID, 5003, ned, thread, text="This one keeps crashing.")
+    harness.jobs.start(third)
+    harness.jobs.start(third)
+
+    async def scenario(h: Harness) -> None:
+        (text_reply,) = await h.videos(dm_channel(300015))
+        assert reference_of(text_reply) == "5001"
+        (audio_reply,) = await h.videos(dm_channel(300016))
+        assert reference_of(audio_reply) == "5002"
+        await h.texts(CHANNEL_ID, "Sorry, I couldn't answer one of your earlier messages.")
+        (lost,) = server.messages(CHANNEL_ID)
+        assert reference_of(lost) == "5003" and not lost.files
+        assert [p[-1].content for p in h.chat.prompts] == ["Are you back?", "what is my name"]
+        await h.until(lambda: h.jobs.unfinished("discord") == [])  # each finished once answered
+
+    harness.run(scenario)
+
+
+class SlowJobStore(JobStore):
+    """A job store whose crash-recovery query is slow, as on a loaded machine."""
+
+    def unfinished(self, platform: str):
+        time.sleep(1.5)
+        return super().unfinished(platform)
+
+
+def test_a_message_arriving_during_recovery_is_answered_once(server, small_settings, stages):
+    eli = user(300019, "eli")
+    chan = dm_channel(300019)
+    harness = Harness(server, small_settings, stages)
+    harness.jobs = harness.bot.jobs = SlowJobStore(harness.jobs.engine, harness.jobs.payload_dir)
+    sent = dm(eli, "Are you there?")
+
+    def as_soon_as_connected() -> None:
+        while not server.identify:
+            time.sleep(0.02)
+        time.sleep(0.3)  # READY is out: the bot takes messages now
+        server.dispatch("MESSAGE_CREATE", sent)
+
+    sender = threading.Thread(target=as_soon_as_connected)
+    sender.start()
+
+    async def scenario(h: Harness) -> None:
+        await asyncio.to_thread(sender.join)
+        await h.videos(chan)
+        await h.until(lambda: h.service.queue_depth() == 0)  # a second answer would be queued
+        await asyncio.sleep(2.0)
+        assert len(server.messages(chan)) == 1 and len(h.chat.prompts) == 1
+
+    harness.run(scenario)
+
+
+def test_cancel_stops_the_reply_in_work(server, small_settings, stages):
+    ola = user(300018, "ola")
+    chan = dm_channel(300018)
+    stopped = "Okay, I stopped working on that."
+
+    async def scenario(h: Harness) -> None:
+        await h.interact(slash(ola, "cancel", channel_id=chan))
+        await h.texts(chan, "There is nothing to stop.")
+        sent = await h.send(dm(ola, "Take your time with this one."))
+        await h.until(lambda: h.chat.prompts)  # the model is at work on it
+        await h.interact(slash(ola, "cancel", channel_id=chan))
+        await h.texts(chan, "Stopping your reply in work; it will not be sent.", stopped)
+        said = {c.payload["content"]: c for c in server.messages(chan)}
+        assert int(said["Stopping your reply in work; it will not be sent."].payload["flags"]) & 64
+        assert reference_of(said[stopped]) == sent["id"]
+        await asyncio.sleep(1.5)
+        assert not [c for c in server.messages(chan) if c.files]  # no video for the stopped reply
+        assert h.jobs.unfinished("discord") == []
+
+    Harness(server, small_settings, stages, chat=RuleChat(delay_s=3.0)).run(scenario)
+
+
+def test_slash_commands_are_described_in_chinese_too(server, small_settings, stages):
+    async def scenario(h: Harness) -> None:
+        (sync,) = server.find("PUT", "/commands")
+        commands = {c["name"]: c for c in sync.payload["_list"]}
+        assert commands["cancel"]["description"] == "Stop the reply in work"
+        assert commands["cancel"]["description_localizations"]["zh-CN"] == "停止正在生成的回复"
+        rate = next(o for o in commands["voice"]["options"] if o["name"] == "rate")
+        assert rate["description_localizations"]["zh-CN"] == "语速，百分比（-50..100）"
+        chinese = {v["zh"] for k, v in TEXTS.items() if k.startswith(("dc_cmd_", "dc_opt_", "cmd_"))}
+        for described in [*commands.values(), *(o for c in commands.values() for o in c["options"])]:
+            localized = described["description_localizations"]
+            assert localized["zh-CN"] == localized["zh-TW"] != described["description"]
+            assert localized["zh-CN"] in chinese and set(localized) == {"zh-CN", "zh-TW"}
+
+    Harness(server, small_settings, stages).run(scenario)

@@ -2,8 +2,10 @@
 
 No model code lives here. Each handler works out who is talking (user key, memory thread, language),
 admits the job (the Discord gate, then the shared ReplyService) and sends back what the pipeline made.
-The twin (avatar, voice, documents) follows the Discord user everywhere; conversation memory is per
-channel and user in guilds and per DM.
+Text and audio messages are durable jobs (bots/jobs.py): recorded before any model work, skipped when
+Discord delivers them twice, and answered after a restart when a crash interrupted them. The twin
+(avatar, voice, documents) follows the Discord user everywhere; conversation memory is per channel and
+user in guilds and per DM.
 """
 
 from __future__ import annotations
@@ -21,14 +23,16 @@ import discord
 import yarl
 from discord import app_commands
 
-from bots.discord.commands import ForgetView, register_commands
+from bots.discord.commands import ForgetView, TextsTranslator, register_commands
 from bots.discord.delivery import MessageTarget, Target, send_result, send_text_ephemeral
 from bots.discord.gate import Gate, UserGate
 from bots.discord.inputs import is_audio, is_document, is_image, reply_format
 from bots.discord.options import DiscordOptions
+from bots.jobs import MAX_ATTEMPTS, Job, JobStore
 from bots.service import Admission, ReplyService
 from bots.texts import t, user_language
 from memory.keys import conversation_key, user_key
+from pipeline.cancel import CancelToken
 from pipeline.errors import EmptyText, FileTooLarge, InternalFailure, TalkTwinError
 from pipeline.orchestrator import ReplyPipeline, ReplyRequest, ReplyResult
 
@@ -37,7 +41,8 @@ log = logging.getLogger(__name__)
 PLATFORM = "discord"
 AVATAR_WORDS = ("avatar", "头像")
 Say = Callable[[str], Awaitable[Any]]
-JobMaker = Callable[[], Awaitable[Callable[[Path], ReplyResult]]]
+Work = Callable[[Path, CancelToken], ReplyResult]  # runs on the worker thread
+JobMaker = Callable[[], Awaitable[Work]]
 
 
 def portal_help(application_id: int | None) -> str:
@@ -69,6 +74,7 @@ class _Client(discord.Client):
     async def setup_hook(self) -> None:
         self.add_view(ForgetView(self.bot))  # persistent: the buttons work after a restart too
         register_commands(self.tree, self.bot)
+        await self.tree.set_translator(TextsTranslator())
         await self.tree.sync()
 
     async def on_ready(self) -> None:
@@ -83,27 +89,38 @@ class DiscordBot:
     """Runs a discord.py client for TalkTwin."""
 
     def __init__(
-        self, options: DiscordOptions, pipeline: ReplyPipeline, memory, knowledge, service: ReplyService
+        self,
+        options: DiscordOptions,
+        pipeline: ReplyPipeline,
+        memory,
+        knowledge,
+        service: ReplyService,
+        jobs: JobStore,
     ) -> None:
         self.options = options
         self.pipeline = pipeline
         self.memory = memory
         self.knowledge = knowledge
         self.service = service
+        self.jobs = jobs
         self.gate = UserGate(max_pending=options.max_pending, cooldown_s=options.cooldown_s)
         self.message_content = options.message_content_intent  # False once Discord refused it
         self.client: _Client | None = None
         self.ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._resuming: asyncio.Task[None] | None = None
         self._locales: dict[int, str] = {}  # user id -> the locale their last slash command carried
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        """Log in, sync the slash commands, connect; returns once the guilds are loaded."""
+        """Log in, sync the slash commands, connect; returns once the guilds are loaded, with the jobs a
+        crash interrupted being answered in the background."""
         if self.options.api_base_url:  # class attributes: discord.py has no per-client setting
             discord.http.Route.BASE = self.options.api_base_url
         if self.options.gateway_url:
             discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(self.options.gateway_url)
+        # Taken before connecting: a job accepted from now on belongs to its live handler only.
+        interrupted = await self.service.call(self.jobs.unfinished, PLATFORM)
         self.ready.clear()
         self._task = asyncio.create_task(self._run(), name="discord-client")
         ready = asyncio.create_task(self.ready.wait())
@@ -111,6 +128,7 @@ class DiscordBot:
         ready.cancel()
         if self._task.done():
             self._task.result()  # a bad token and the like: raise here, at start
+        self._resuming = asyncio.create_task(self._resume(interrupted), name="discord-resume")
 
     async def _run(self) -> None:
         content = self.options.message_content_intent
@@ -127,6 +145,8 @@ class DiscordBot:
                 content = self.message_content = False
 
     async def stop(self) -> None:
+        if self._resuming is not None:
+            await self._resuming
         if self.client is not None:
             await self.client.close()
         if self._task is not None:
@@ -178,8 +198,7 @@ class DiscordBot:
             text = text.replace(f"<@{me.id}>", "").replace(f"<@!{me.id}>", "")
         return text.strip()
 
-    def request(self, user: discord.abc.User, thread: str, **fields: Any) -> ReplyRequest:
-        key = self.user_key(user)
+    def request(self, key: str, thread: str, **fields: Any) -> ReplyRequest:
         profile = self.memory.profile(key)
         fields.setdefault("format", reply_format(profile.mode))
         return ReplyRequest(
@@ -197,36 +216,22 @@ class DiscordBot:
             if guild_id is None:
                 await message.reply(t("not_allowed", lang), mention_author=False)
             return
+        target = MessageTarget(message, self.options.upload_limit_bytes)
         try:
-            await self._handle_message(message, lang)
-        except TalkTwinError as e:
-            log.info("user error %s for %s: %s", e.code, author.id, e)
-            await message.reply(e.user_message(lang), mention_author=False)
-        except Exception:
-            log.exception("discord message %s failed", message.id)
-            with contextlib.suppress(Exception):
-                await message.reply(InternalFailure().user_message(lang), mention_author=False)
+            await self._handle_message(message, lang, target)
+        except Exception as e:
+            await self._tell_failure(target.reply, lang, e)
 
-    async def _handle_message(self, message: discord.Message, lang: str) -> None:
+    async def _handle_message(self, message: discord.Message, lang: str, target: MessageTarget) -> None:
         text = self._strip_mention(message.content)
         guild_id = message.guild.id if message.guild else None
         thread = self.thread(message.author, guild_id, message.channel.id)
-        target = MessageTarget(message, self.options.upload_limit_bytes)
-
-        async def say(line: str) -> None:
-            await message.reply(line, mention_author=False)
-
+        say = target.reply
         audio = [a for a in message.attachments if is_audio(a)]
         images = [a for a in message.attachments if is_image(a)]
         documents = [a for a in message.attachments if is_document(a)]
         if audio:
-
-            async def from_audio() -> Callable[[Path], ReplyResult]:
-                data = await self.download(audio[0])
-                request = self.request(message.author, thread, audio=data)
-                return lambda out: self.pipeline.reply(request, out)
-
-            await self.run_job(message.author, lang, target, say, from_audio, typing=message.channel)
+            await self._answer(message, thread, lang, target, audio=await self.download(audio[0]))
         elif images:
             wants_avatar = guild_id is None or any(w in text.lower() for w in AVATAR_WORDS)
             if not wants_avatar:
@@ -243,12 +248,90 @@ class DiscordBot:
         else:
             if not text:
                 raise EmptyText("empty message")
+            await self._answer(message, thread, lang, target, text=text)
 
-            async def from_text() -> Callable[[Path], ReplyResult]:
-                request = self.request(message.author, thread, text=text)
-                return lambda out: self.pipeline.reply(request, out)
+    # ------------------------------------------------------------------ durable jobs
+    async def _answer(
+        self, message: discord.Message, thread: str, lang: str, target: MessageTarget, **content: Any
+    ) -> None:
+        """Record the message as a durable job first, then answer it; a redelivered message is skipped."""
+        key, channel_id = self.user_key(message.author), message.channel.id
+        job_id = await self.service.call(
+            lambda: self.jobs.accept(PLATFORM, channel_id, message.id, key, thread, **content)
+        )
+        if job_id is None:
+            log.info(
+                "message %s in channel %s was already accepted; not answering twice", message.id, channel_id
+            )
+            return
+        await self._settle(job_id, key, thread, lang, target, content)
 
-            await self.run_job(message.author, lang, target, say, from_text, typing=message.channel)
+    async def _resume(self, interrupted: list[Job]) -> None:
+        """Answer the jobs a crash interrupted, each as a reply to its message; tell the user about
+        those that keep failing or whose audio is gone."""
+        assert self.client is not None
+        for job in interrupted:
+            channel = self.client.get_partial_messageable(int(job.chat_id))
+            target = MessageTarget(
+                channel.get_partial_message(int(job.message_id)), self.options.upload_limit_bytes
+            )
+            lang = user_language(None, self.memory.profile(job.user).language)
+            if job.attempts >= MAX_ATTEMPTS or (job.text is None and job.audio is None):
+                log.warning("job %s of %s is lost after %d attempt(s)", job.id, job.user, job.attempts)
+                try:
+                    await target.reply(t("job_lost", lang))
+                except discord.HTTPException as e:
+                    log.warning("could not tell %s about lost job %s: %s", job.user, job.id, e)
+                await self.service.call(self.jobs.finish, job.id)
+                continue
+            log.info("resuming job %s for %s", job.id, job.user)
+            content = {"text": job.text} if job.text is not None else {"audio": job.audio}
+            await self._settle(job.id, job.user, job.conversation, lang, target, content, gated=False)
+
+    async def _settle(
+        self,
+        job_id: int,
+        key: str,
+        thread: str,
+        lang: str,
+        target: MessageTarget,
+        content: dict[str, Any],
+        *,
+        gated: bool = True,
+    ) -> None:
+        """Answer an accepted job, or tell the user clearly why not, then mark it finished. No `finally`:
+        a shutdown mid-reply (CancelledError) leaves the job unfinished, so the restart answers it."""
+
+        async def work() -> Work:
+            return lambda out, token: self.pipeline.reply(
+                self.request(key, thread, cancel=token, **content), out
+            )
+
+        try:
+            await self.run_job(
+                key,
+                lang,
+                target,
+                target.reply,
+                work,
+                typing=target.message.channel,
+                job_id=job_id,
+                gated=gated,
+            )
+        except Exception as e:
+            await self._tell_failure(target.reply, lang, e)
+        await self.service.call(self.jobs.finish, job_id)
+
+    async def _tell_failure(self, say: Say, lang: str, error: Exception) -> None:
+        """A clear line for the user; the traceback goes to the log when the failure is unexpected."""
+        if isinstance(error, TalkTwinError):
+            log.info("user error %s: %s", error.code, error)
+            line = error.user_message(lang)
+        else:
+            log.error("discord message failed", exc_info=error)
+            line = InternalFailure().user_message(lang)
+        with contextlib.suppress(Exception):
+            await say(line)
 
     # ------------------------------------------------------------------ shared by messages and commands
     async def set_avatar(
@@ -265,15 +348,16 @@ class DiscordBot:
         """Check the face, store the photo, and answer with a short greeting in the new face."""
         key = self.user_key(user)
 
-        async def greeting() -> Callable[[Path], ReplyResult]:
+        async def greeting() -> Work:
             data = await self.download(image)
             await self.service.call(self.pipeline.prepare_avatar, data)  # raises NoFaceFound and friends
             await self.service.call(self.memory.set_avatar, key, data)
-            request = self.request(user, thread, format="video")
-            return lambda out: self.pipeline.speak(t("avatar_greeting", lang), request, out)
+            return lambda out, token: self.pipeline.speak(
+                t("avatar_greeting", lang), self.request(key, thread, format="video", cancel=token), out
+            )
 
         await self.run_job(
-            user,
+            key,
             lang,
             target,
             say,
@@ -315,7 +399,7 @@ class DiscordBot:
 
     async def run_job(
         self,
-        user: discord.abc.User,
+        key: str,
         lang: str,
         target: Target,
         say: Say,
@@ -325,12 +409,15 @@ class DiscordBot:
         notice: str = "",
         before: Callable[[], Awaitable[Any]] | None = None,
         fmt: str | None = None,
+        job_id: int | None = None,
+        gated: bool = True,
     ) -> None:
         """Gate; prepare (downloads, checks); admit; run on the worker with "typing…"; send the result.
 
-        `before` runs once the gate let the job in (a slash command defers there)."""
-        key = self.user_key(user)
-        if not await self._gate(key, lang, say):
+        `before` runs once the gate let the job in (a slash command defers there). The run carries a
+        CancelToken, so /cancel stops it; `job_id` is the durable job whose attempt this is. A job
+        resumed after a restart is not `gated`: the user sent it long ago, no cooldown applies."""
+        if gated and not await self._gate(key, lang, say):
             return
         try:
             if before is not None:
@@ -338,16 +425,20 @@ class DiscordBot:
             job = await make_job()
             if not await self._admit(key, lang, say):
                 return
+            if job_id is not None:
+                await self.service.call(self.jobs.start, job_id)
             fmt = fmt or reply_format(self.memory.profile(key).mode)
             with tempfile.TemporaryDirectory(prefix="talktwin-dc-") as tmp:
                 out = Path(tmp) / ("reply.ogg" if fmt == "voice" else "reply.mp4")
                 async with typing.typing() if typing is not None else contextlib.nullcontext():
-                    result = await self.service.run(key, job, out)
+                    token = CancelToken()
+                    result = await self.service.run(key, job, out, token, token=token)
                 if notice:
                     await target.send(notice)
                 await send_result(target, result, lang)
         finally:
-            self.gate.leave(key)
+            if gated:
+                self.gate.leave(key)
 
     async def download(self, attachment: discord.Attachment) -> bytes:
         limit = self.options.download_limit_mb

@@ -1,8 +1,9 @@
-"""Slash commands (/ask, /avatar, /voice, /mode, /reset, /forget, /kb) and the /forget buttons.
+"""Slash commands (/ask, /avatar, /voice, /mode, /reset, /forget, /kb, /cancel) and the /forget buttons.
 
 Settings answers are ephemeral: only the user sees their avatar, voice, documents and the forget
 prompt. /ask and /avatar with a photo defer ("thinking…") and answer with a follow-up, as the reply
-takes longer than Discord's 3 s to make.
+takes longer than Discord's 3 s to make. Descriptions come from bots/texts.py, in English and (through
+TextsTranslator, when the commands are synced) in Chinese.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import discord
@@ -19,16 +19,35 @@ from discord import app_commands
 from bots.discord.delivery import InteractionTarget, send_text_ephemeral
 from bots.discord.inputs import is_image, reply_format
 from bots.texts import t, user_language
-from pipeline.orchestrator import ReplyResult
 from pipeline.types import VoiceSettings
 
 if TYPE_CHECKING:
-    from bots.discord.bot import DiscordBot
+    from bots.discord.bot import DiscordBot, Work
 
 log = logging.getLogger(__name__)
 
 FORGET_YES = "talktwin:forget:yes"
 FORGET_NO = "talktwin:forget:no"
+CHINESE = (discord.Locale.chinese, discord.Locale.taiwan_chinese)
+
+
+def text(key: str) -> app_commands.locale_str:
+    """A description from bots/texts.py: English as is, other languages through TextsTranslator."""
+    return app_commands.locale_str(t(key, "en"), key=key)
+
+
+class TextsTranslator(app_commands.Translator):
+    """Gives the synced commands and options their Chinese descriptions (zh-CN and zh-TW), so a
+    Chinese Discord client shows the menu in Chinese, as replies already are."""
+
+    async def translate(
+        self,
+        string: app_commands.locale_str,
+        locale: discord.Locale,
+        context: app_commands.TranslationContextTypes,
+    ) -> str | None:
+        key = string.extras.get("key")
+        return t(key, "zh") if key is not None and locale in CHINESE else None
 
 
 class ForgetView(discord.ui.View):
@@ -50,7 +69,9 @@ class ForgetView(discord.ui.View):
         self.add_item(no)
 
     async def _yes(self, interaction: discord.Interaction) -> None:
-        await self.bot.service.call(self.bot.memory.forget, self.bot.user_key(interaction.user))
+        key = self.bot.user_key(interaction.user)
+        await self.bot.service.call(self.bot.jobs.forget, key)
+        await self.bot.service.call(self.bot.memory.forget, key)
         lang = user_language(str(interaction.locale))  # the stored preference is gone too
         await interaction.response.edit_message(content=t("forget_done", lang), view=None)
 
@@ -81,24 +102,25 @@ def register_commands(tree: app_commands.CommandTree, bot: DiscordBot) -> None:
     def thinking(interaction: discord.Interaction):
         return lambda: interaction.response.defer(thinking=True)
 
-    @tree.command(name="ask", description=t("dc_cmd_ask", "en"))
-    @app_commands.describe(question="What you want to ask")
+    @tree.command(name="ask", description=text("dc_cmd_ask"))
+    @app_commands.describe(question=text("dc_opt_question"))
     async def ask(interaction: discord.Interaction, question: str) -> None:
         lang = await enter(interaction)
         if lang is None:
             return
-        user = interaction.user
-        thread = bot.thread(user, interaction.guild_id, interaction.channel_id)
+        key = bot.user_key(interaction.user)
+        thread = bot.thread(interaction.user, interaction.guild_id, interaction.channel_id)
 
-        async def job() -> Callable[[Path], ReplyResult]:
-            request = bot.request(user, thread, text=question)
-            return lambda out: bot.pipeline.reply(request, out)
+        async def job() -> Work:
+            return lambda out, token: bot.pipeline.reply(
+                bot.request(key, thread, text=question, cancel=token), out
+            )
 
         target = InteractionTarget(interaction, bot.options.upload_limit_bytes)
-        await bot.run_job(user, lang, target, say_to(interaction), job, before=thinking(interaction))
+        await bot.run_job(key, lang, target, say_to(interaction), job, before=thinking(interaction))
 
-    @tree.command(name="avatar", description=t("dc_cmd_avatar", "en"))
-    @app_commands.describe(image="A front-facing portrait photo", reset="Go back to the default avatar")
+    @tree.command(name="avatar", description=text("dc_cmd_avatar"))
+    @app_commands.describe(image=text("dc_opt_image"), reset=text("dc_opt_avatar_reset"))
     async def avatar(
         interaction: discord.Interaction, image: discord.Attachment | None = None, reset: bool = False
     ) -> None:
@@ -127,13 +149,13 @@ def register_commands(tree: app_commands.CommandTree, bot: DiscordBot) -> None:
             photo = discord.File(io.BytesIO(current), filename="avatar.jpg")
             await interaction.response.send_message(t("dc_avatar_current", lang), file=photo, ephemeral=True)
 
-    @tree.command(name="voice", description=t("dc_cmd_voice", "en"))
+    @tree.command(name="voice", description=text("dc_cmd_voice"))
     @app_commands.describe(
-        name="A voice name, e.g. en-US-AriaNeural",
-        rate="Speaking rate in % (-50..100)",
-        pitch="Pitch in Hz (-50..50)",
-        volume="Volume (10..100)",
-        reset="Back to the default voice",
+        name=text("dc_opt_voice_name"),
+        rate=text("dc_opt_rate"),
+        pitch=text("dc_opt_pitch"),
+        volume=text("dc_opt_volume"),
+        reset=text("dc_opt_voice_reset"),
     )
     async def voice(
         interaction: discord.Interaction,
@@ -166,8 +188,8 @@ def register_commands(tree: app_commands.CommandTree, bot: DiscordBot) -> None:
         )
         await interaction.response.send_message(line, ephemeral=True)
 
-    @tree.command(name="mode", description=t("dc_cmd_mode", "en"))
-    @app_commands.describe(mode="How replies come")
+    @tree.command(name="mode", description=text("dc_cmd_mode"))
+    @app_commands.describe(mode=text("dc_opt_mode"))
     async def mode(
         interaction: discord.Interaction, mode: Literal["video", "voice", "text"] | None = None
     ) -> None:
@@ -183,7 +205,7 @@ def register_commands(tree: app_commands.CommandTree, bot: DiscordBot) -> None:
             line = t("mode_set", lang, mode=t(f"mode_{mode}", lang))
         await interaction.response.send_message(line, ephemeral=True)
 
-    @tree.command(name="reset", description=t("dc_cmd_reset", "en"))
+    @tree.command(name="reset", description=text("dc_cmd_reset"))
     async def reset(interaction: discord.Interaction) -> None:
         lang = await enter(interaction)
         if lang is None:
@@ -192,7 +214,7 @@ def register_commands(tree: app_commands.CommandTree, bot: DiscordBot) -> None:
         await bot.service.call(bot.memory.reset, thread)
         await interaction.response.send_message(t("reset_done", lang), ephemeral=True)
 
-    @tree.command(name="forget", description=t("dc_cmd_forget", "en"))
+    @tree.command(name="forget", description=text("dc_cmd_forget"))
     async def forget(interaction: discord.Interaction) -> None:
         lang = await enter(interaction)
         if lang is None:
@@ -201,8 +223,8 @@ def register_commands(tree: app_commands.CommandTree, bot: DiscordBot) -> None:
             t("forget_confirm", lang), view=ForgetView(bot, lang), ephemeral=True
         )
 
-    @tree.command(name="kb", description=t("dc_cmd_kb", "en"))
-    @app_commands.describe(remove="The name of a document to remove")
+    @tree.command(name="kb", description=text("dc_cmd_kb"))
+    @app_commands.describe(remove=text("dc_opt_kb_remove"))
     async def kb(interaction: discord.Interaction, remove: str | None = None) -> None:
         lang = await enter(interaction)
         if lang is None:
@@ -219,3 +241,13 @@ def register_commands(tree: app_commands.CommandTree, bot: DiscordBot) -> None:
                 "/kb remove 文件名", "/kb remove:文件名"
             )
         await interaction.response.send_message(line[:2000], ephemeral=True)
+
+    @tree.command(name="cancel", description=text("cmd_cancel"))
+    async def cancel(interaction: discord.Interaction) -> None:
+        lang = await enter(interaction)
+        if lang is None:
+            return
+        stopped = bot.service.cancel(bot.user_key(interaction.user))
+        # a stopped reply also says so where it was asked, and sends no video
+        line = t("dc_cancel_stopping" if stopped else "cancel_nothing", lang)
+        await interaction.response.send_message(line, ephemeral=True)

@@ -36,21 +36,28 @@ class Target(Protocol):
 
 
 class MessageTarget:
-    """Replies to a user's message: the first part references it, later parts follow in the channel."""
+    """Replies to a user's message: the first part references it, later parts follow in the channel.
 
-    def __init__(self, message: discord.Message, cap: int) -> None:
+    The message may be partial (only its id and channel, as for a job resumed after a restart)."""
+
+    def __init__(self, message: discord.Message | discord.PartialMessage, cap: int) -> None:
         self.message = message
         guild_limit = message.guild.filesize_limit if message.guild else DEFAULT_LIMIT
         self.filesize_limit = min(guild_limit, cap)
         self._replied = False
 
-    async def send(self, content: str | None = None, file: discord.File | None = None) -> None:
+    async def reply(self, content: str | None = None, file: discord.File | None = None) -> None:
+        """A message that references the user's; still sent when theirs was deleted meanwhile."""
         kwargs = {"file": file} if file is not None else {}
+        reference = self.message.to_reference(fail_if_not_exists=False)
+        await self.message.channel.send(content, reference=reference, mention_author=False, **kwargs)
+
+    async def send(self, content: str | None = None, file: discord.File | None = None) -> None:
         if not self._replied:
-            await self.message.reply(content, mention_author=False, **kwargs)
+            await self.reply(content, file)
             self._replied = True
         else:
-            await self.message.channel.send(content, **kwargs)
+            await self.message.channel.send(content, **({"file": file} if file is not None else {}))
 
 
 class InteractionTarget:
