@@ -69,3 +69,18 @@ def probe_mp4_bytes(data: bytes) -> Mp4Info:
         f.write(data)
         f.flush()
         return probe_mp4(Path(f.name))
+
+
+class AnswerRecorder:
+    """Wraps a real chat model and keeps what it said."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.answers: list[str] = []
+        self.prompts: list[list[ChatMessage]] = []
+
+    def stream(self, messages, *, max_tokens, temperature):
+        self.prompts.append(list(messages))
+        for piece in self.model.stream(messages, max_tokens=max_tokens, temperature=temperature):
+            self.answers.append(piece)
+            yield piece

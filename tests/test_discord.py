@@ -28,7 +28,7 @@ from memory.keys import conversation_key, user_key
 from memory.store import MemoryStore
 from pipeline.config import Settings
 from pipeline.orchestrator import ReplyPipeline
-from tests.bot_helpers import FixedRecognizer, RuleChat, portrait, probe_mp4_bytes
+from tests.bot_helpers import AnswerRecorder, FixedRecognizer, RuleChat, portrait, probe_mp4_bytes
 from tests.fakes.discord_server import (
     BOT_ID,
     CHANNEL_ID,
@@ -126,11 +126,11 @@ class Harness:
     async def texts(self, channel_id: int, *expected: str) -> list[str]:
         return await asyncio.to_thread(self.server.wait_texts, channel_id, *expected)
 
-    async def videos(self, channel_id: int, count: int = 1) -> list[Call]:
+    async def videos(self, channel_id: int, count: int = 1, timeout: float = 120) -> list[Call]:
         def has_video(c: Call) -> bool:
             return c.channel_id == channel_id and any(n.endswith(".mp4") for n, _ in c.files.values())
 
-        return await asyncio.to_thread(self.server.wait_for, has_video, count, 120)
+        return await asyncio.to_thread(self.server.wait_for, has_video, count, timeout)
 
     async def until(self, condition: Callable[[], object], timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -588,3 +588,48 @@ def test_slash_commands_are_described_in_chinese_too(server, small_settings, sta
             assert localized["zh-CN"] in chinese and set(localized) == {"zh-CN", "zh-TW"}
 
     Harness(server, small_settings, stages).run(scenario)
+
+
+@pytest.mark.real_models
+def test_a_chinese_voice_message_gets_a_chinese_video_answer(server, models_installed, stages, tmp_path):
+    """Real Whisper and the real embedded model behind the real discord.py client."""
+    from pipeline.asr.whisper import WhisperRecognizer
+    from pipeline.config import load_settings
+    from pipeline.llm.factory import build_chat_model
+    from pipeline.media.ffmpeg import run_ffmpeg
+    from pipeline.media.video_output import write_wav
+    from pipeline.text import detect_language
+    from pipeline.types import VoiceSettings
+
+    settings = load_settings(
+        environ={
+            "TALKTWIN_PATHS__DATA_DIR": str(tmp_path / "data"),
+            "TALKTWIN_RENDER__SIZE": "256",
+            "TALKTWIN_LLM__TEMPERATURE": "0",
+        }
+    )
+    synthesizer, _ = stages
+    # espeak-ng's Mandarin is robotic; Whisper base reliably hears this sentence, not every one
+    speech = synthesizer.synthesize("你好，请介绍一下你自己。", "zh", VoiceSettings())
+    write_wav(tmp_path / "q.wav", speech.audio)
+    run_ffmpeg(["-y", "-i", str(tmp_path / "q.wav"), "-c:a", "libopus", str(tmp_path / "q.ogg")])
+    voice = (tmp_path / "q.ogg").read_bytes()
+    mei = user(300099, "mei")
+
+    async def scenario(h: Harness) -> None:
+        url = server.add_file("voice-message.ogg", voice)
+        note = attachment(url, "voice-message.ogg", len(voice), "audio/ogg", duration_secs=2, waveform="AAAA")
+        sent = await h.send(dm(mei, attachments=[note], flags=8192))
+        (reply,) = await h.videos(dm_channel(300099), timeout=240)
+        assert reference_of(reply) == sent["id"]
+        heard = h.chat.prompts[-1][-1].content
+        assert "介绍" in heard  # what Whisper made of the voice message
+        assert detect_language(reply.payload["content"]) == "zh"  # the answer, in the user's language
+        (name, mp4) = next(iter(reply.files.values()))
+        info = probe_mp4_bytes(mp4)
+        assert name.endswith(".mp4") and info.audio_codec == "aac" and info.duration > 1
+
+    whisper = WhisperRecognizer(str(settings.resolve(settings.asr.model)))
+    Harness(
+        server, settings, stages, chat=AnswerRecorder(build_chat_model(settings)), recognizer=whisper
+    ).run(scenario)

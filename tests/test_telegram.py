@@ -32,7 +32,7 @@ from pipeline.media.ffmpeg import run_ffmpeg
 from pipeline.media.video_output import write_wav
 from pipeline.orchestrator import ReplyPipeline
 from pipeline.types import VoiceSettings
-from tests.bot_helpers import RuleChat, portrait, probe_mp4_bytes
+from tests.bot_helpers import AnswerRecorder, RuleChat, portrait, probe_mp4_bytes
 from tests.fakes.telegram_server import (
     BOT_ID,
     BOT_USERNAME,
@@ -415,21 +415,6 @@ def test_voice_note_gets_a_video_note_answer(server, models_installed, stages, t
     harness = Harness(server, settings, stages, chat=chat, recognizer=whisper)
     harness.chat_answers = chat.answers
     harness.run(scenario)
-
-
-class AnswerRecorder:
-    """Wraps a real chat model and keeps what it said."""
-
-    def __init__(self, model) -> None:
-        self.model = model
-        self.answers: list[str] = []
-        self.prompts: list[list[ChatMessage]] = []
-
-    def stream(self, messages, *, max_tokens, temperature):
-        self.prompts.append(list(messages))
-        for piece in self.model.stream(messages, max_tokens=max_tokens, temperature=temperature):
-            self.answers.append(piece)
-            yield piece
 
 
 @pytest.fixture
