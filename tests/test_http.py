@@ -223,3 +223,90 @@ def test_a_request_a_crash_interrupted_is_answered_on_retry_and_errors_replay(
     components.service.admit(key)  # a job of theirs is in work
     busy = client.post("/v1/reply", data={"user": "max", "text": "Hi"}, headers={"Idempotency-Key": "q-4"})
     assert busy.status_code == 429
+
+
+@pytest.mark.real_models
+def test_killed_mid_reply_a_retry_with_the_same_key_is_answered_once(models_installed, tmp_path: Path):
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    import httpx
+
+    from pipeline.config import PROJECT_ROOT
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "TALKTWIN_PATHS__DATA_DIR": str(tmp_path),
+        "TALKTWIN_HTTP_PORT": str(port),
+        "TALKTWIN_RENDER__SIZE": "256",
+        "TALKTWIN_LLM__MAX_TOKENS": "200",
+    }
+    for name in ("TELEGRAM_BOT_TOKEN", "DISCORD_BOT_TOKEN"):
+        env.pop(name, None)
+
+    def start() -> subprocess.Popen:
+        service = subprocess.Popen(
+            [sys.executable, str(PROJECT_ROOT / "run_bots.py")],
+            env=env,
+            cwd=PROJECT_ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    return service
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        service.kill()
+        raise RuntimeError("the service did not start")
+
+    question = {"user": "nia", "text": "Please tell me a long story about a lighthouse keeper."}
+    headers = {"Idempotency-Key": "nia-story-1"}
+    service = start()
+    try:
+        first: list[object] = []
+        cut_off = threading.Thread(
+            target=lambda: first.append(_post_or_error(f"{base}/v1/reply", question, headers)), daemon=True
+        )
+        cut_off.start()
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{base}/healthz", timeout=5).json()["queue_depth"] == 0:  # until it is in work
+            assert time.monotonic() < deadline, "the reply never started"
+            time.sleep(0.1)
+        time.sleep(1.0)
+        service.kill()  # kill -9, mid-reply
+        service.wait(10)
+        cut_off.join(10)
+        assert isinstance(first[0], httpx.HTTPError)  # the client saw the connection drop
+        service = start()
+        retried = httpx.post(f"{base}/v1/reply", data=question, headers=headers, timeout=240)
+        assert retried.status_code == 200 and "Idempotent-Replayed" not in retried.headers
+        assert httpx.get(base + retried.json()["media_url"], timeout=30).content[4:8] == b"ftyp"
+        again = httpx.post(f"{base}/v1/reply", data=question, headers=headers, timeout=60)
+        assert again.headers["Idempotent-Replayed"] == "true" and again.json() == retried.json()
+    finally:
+        service.send_signal(signal.SIGTERM)
+        try:
+            assert service.wait(60) == 0  # a clean stop on SIGTERM
+        finally:
+            service.kill()
+
+
+def _post_or_error(url: str, data: dict, headers: dict) -> object:
+    import httpx
+
+    try:
+        return httpx.post(url, data=data, headers=headers, timeout=240)
+    except httpx.HTTPError as e:
+        return e
