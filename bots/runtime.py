@@ -29,6 +29,7 @@ from pipeline.orchestrator import ReplyPipeline
 from pipeline.render.factory import renders_on_gpu
 
 log = logging.getLogger(__name__)
+VOICES = {"auto": "auto: edge-tts when reachable, else Piper (English) / espeak-ng"}
 
 
 @dataclass
@@ -58,6 +59,20 @@ class Components:
         )
         jobs = JobStore(memory.engine, settings.resolve(settings.paths.data_dir) / "jobs")
         return cls(pipeline, memory, memory.knowledge, service, jobs)
+
+    def describe(self) -> list[str]:
+        """What runs where, for the start-up lines."""
+        s = self.pipeline.settings
+        renderer = self.pipeline.renderer
+        device = getattr(renderer, "device", "cpu")
+        return [
+            f"speech recognition {s.asr.backend}: {s.asr.model}",
+            f"language model     {s.llm.backend}: {s.llm.model}",
+            f"voice              {VOICES.get(s.tts.backend, s.tts.backend)}",
+            f"renderer           {s.render.backend} on {device}, {s.render.size} px, "
+            f"{self.service.workers} repl{'y' if self.service.workers == 1 else 'ies'} at a time",
+            f"data               {s.resolve(s.paths.data_dir)}",
+        ]
 
     def close(self) -> None:
         self.service.shutdown()
@@ -108,12 +123,16 @@ async def serve(settings: Settings, environ: Mapping[str, str] | None = None) ->
     try:
         for adapter in adapters:
             await adapter.start()
-        print(
-            "TalkTwin is running: " + ", ".join(type(a).__name__ for a in adapters) + ". Ctrl+C stops.",
-            flush=True,
-        )
+        lines = [a.describe() for a in adapters]
+        if telegram is None:
+            lines.append("Telegram           off (set TELEGRAM_BOT_TOKEN to start it)")
+        if discord_options is None:
+            lines.append("Discord            off (set DISCORD_BOT_TOKEN to start it)")
+        lines += components.describe()
+        print("TalkTwin is running. Ctrl+C stops.\n  " + "\n  ".join(lines), flush=True)
         await stop.wait()
-        print("Stopping: finishing the reply in work...", flush=True)
+        busy = components.service.queue_depth()
+        print("Stopping: finishing the reply in work..." if busy else "Stopping.", flush=True)
     finally:
         for adapter in adapters:
             await adapter.stop()

@@ -254,13 +254,14 @@ def test_killed_mid_reply_a_retry_with_the_same_key_is_answered_once(models_inst
         env.pop(name, None)
 
     def start() -> subprocess.Popen:
-        service = subprocess.Popen(
-            [sys.executable, str(PROJECT_ROOT / "run_bots.py")],
-            env=env,
-            cwd=PROJECT_ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        with open(tmp_path / "stdout.txt", "w") as out:
+            service = subprocess.Popen(
+                [sys.executable, str(PROJECT_ROOT / "run_bots.py")],
+                env=env,
+                cwd=PROJECT_ROOT,
+                stdout=out,
+                stderr=subprocess.DEVNULL,
+            )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
@@ -274,6 +275,12 @@ def test_killed_mid_reply_a_retry_with_the_same_key_is_answered_once(models_inst
     question = {"user": "nia", "text": "Please tell me a long story about a lighthouse keeper."}
     headers = {"Idempotency-Key": "nia-story-1"}
     service = start()
+    printed = (tmp_path / "stdout.txt").read_text()
+    assert f"web page and API   {base}/" in printed  # where everything is
+    assert (
+        "Telegram           off (set TELEGRAM_BOT_TOKEN" in printed
+        and "renderer           warp on cpu" in printed
+    )
     try:
         first: list[object] = []
         cut_off = threading.Thread(

@@ -144,6 +144,12 @@ class DiscordBot:
                 log.warning(portal_help(self.client.application_id))
                 content = self.message_content = False
 
+    def describe(self) -> str:
+        client = self.client
+        guilds = len(client.guilds) if client is not None else 0
+        reads = "every message in its channels" if self.message_content else "mentions and DMs only"
+        return f"Discord            {client.user if client else '?'} in {guilds} guild(s), {reads}"
+
     async def stop(self) -> None:
         if self._resuming is not None:
             await self._resuming

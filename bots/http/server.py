@@ -35,6 +35,9 @@ class HttpServer:
     def url(self) -> str:
         return f"http://{self.options.host}:{self.options.port}/"
 
+    def describe(self) -> str:
+        return f"web page and API   {self.url}   (API docs: {self.url}docs)"
+
     async def start(self) -> None:
         self._task = asyncio.create_task(self.server.serve())
         while not self.server.started:

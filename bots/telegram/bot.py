@@ -118,6 +118,10 @@ class TelegramBot(CommandHandlers):
             "webhook" if self.options.webhook_url else "long polling",
         )
 
+    def describe(self) -> str:
+        how = f"webhook {self.options.webhook_url}" if self.options.webhook_url else "long polling"
+        return f"Telegram           @{self.app.bot.username} ({how})"
+
     async def stop(self) -> None:
         if self._resuming is not None:
             await self._resuming
