@@ -130,6 +130,14 @@ def test_prepare_is_cached_in_memory_and_landmarks_on_disk(photo: bytes, tmp_pat
 
 
 # ---------------------------------------------------------------- what moves and what does not
+def test_teeth_come_from_the_photo_only_when_it_shows_them(renderer: WarpRenderer, avatar: WarpAvatar):
+    assert avatar.rig.mouth.teeth is not None  # a smile that shows the teeth: theirs are used
+    # Thin, pale lips once read as an open mouth full of skin-coloured "teeth": a closed mouth gets
+    # synthetic teeth instead.
+    closed = renderer.prepare(HOPPER.read_bytes(), SIZE).rig.mouth
+    assert closed.teeth is None
+
+
 def test_mouth_moves_with_voice_and_background_stays(renderer: WarpRenderer, avatar: WarpAvatar):
     speech = _speech(1.0, 1.0)  # 25 silent frames, then 25 voiced
     controls = renderer.controls(speech, fps=FPS, start_time=0.0, n_frames=50)

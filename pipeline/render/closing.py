@@ -22,6 +22,9 @@ from pipeline.render import topology as T
 NON_LIP_REDNESS = 0.75  # below this x the lip's redness a pixel is not lip (teeth, cavity)
 NON_LIP_LUMA = 0.6  # below this x the lip's luma a pixel is not lip (the dark cavity)
 TEETH_LUMA = 1.08  # teeth are brighter than the lips by at least this factor
+# Teeth are near white (saturation ~0.16 in a warm portrait), skin is not (~0.45): a pale but
+# skin-coloured pixel between the lips is lip, not an opening (thin pale lips read as "open" without it).
+TEETH_MAX_SATURATION = 0.32
 MIN_GAP = 1.5  # px: a thinner opening is just the lips' seam and is left alone
 UPPER_SHARE = 0.4  # the upper lip comes down this share of the gap, the lower lip (jaw) the rest
 SEAM_DARKEN = 0.78  # brightness of the line where the closed lips meet, at the mouth centre
@@ -65,6 +68,11 @@ def _redness(px: np.ndarray) -> np.ndarray:
     return (px[..., 0] - px[..., 1]) / (px.sum(-1) + 1e-6)
 
 
+def _saturation(px: np.ndarray) -> np.ndarray:
+    top = px.max(-1)
+    return (top - px.min(-1)) / np.maximum(top, 1e-6)
+
+
 def find_opening(rgb: np.ndarray, points: np.ndarray) -> Opening:
     """Scan the mouth column by column for the non-lip run between the outer lip contours."""
     h = rgb.shape[0]
@@ -87,7 +95,8 @@ def find_opening(rgb: np.ndarray, points: np.ndarray) -> Opening:
             continue
         px = rgb[y0:y1, x].astype(np.float64) / 255
         luma = px.mean(-1)
-        non_lip = (_redness(px) < NON_LIP_REDNESS * lip_red) | (luma < NON_LIP_LUMA * lip_luma)
+        pale = (_redness(px) < NON_LIP_REDNESS * lip_red) & (_saturation(px) < TEETH_MAX_SATURATION)
+        non_lip = pale | (luma < NON_LIP_LUMA * lip_luma)
         # close one-pixel holes (a dark line between teeth rows, a highlight on the lower teeth)
         filled = non_lip.copy()
         filled[1:-1] |= non_lip[:-2] & non_lip[2:]

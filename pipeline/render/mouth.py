@@ -33,6 +33,7 @@ TEETH_SHARE = 0.3  # teeth never fill more than this share of the gap (the cavit
 TONGUE_FROM = 0.08  # the tongue shows once the gap exceeds this fraction of the mouth width
 TOOTH_ANGLE = math.radians(16)  # angular width of one front tooth on the dental arch
 FEATHER = 1.25  # edge softness in px at 256 px output (scaled with the size)
+TEETH_FADE = (0.3, 0.65)  # arch heights over which the upper teeth fade in from the corners
 
 
 def paint_mouth(
@@ -83,7 +84,8 @@ def paint_mouth(
 
     # Upper teeth hang from the upper lip; only their tips show in a small opening.
     visible = torch.minimum(UPPER_TEETH * width * arch, TEETH_SHARE * gap)[:, None]  # (B, 1, W)
-    upper_a = ((top_ + visible - yy) / feather + 0.5).clamp(0, 1) * (arch_ > 0.15)
+    # the teeth fade out towards the corners, where a real mouth shows the dark of the cheeks
+    upper_a = ((top_ + visible - yy) / feather + 0.5).clamp(0, 1) * _centre(arch_)
     teeth = _synthetic_teeth(across, arch_, yy, top_, visible, dev) * mouth.brightness
     tooth_colour = _rgb(TEETH, dev)[0, :, 0, 0] * mouth.brightness
     if mouth.teeth is not None and mouth.teeth_height is not None:
@@ -105,6 +107,12 @@ def paint_mouth(
     roi = frames[:, :, y0:y1, x0:x1]
     a = alpha[:, None]
     frames[:, :, y0:y1, x0:x1] = roi + (colour.clamp(0, 1) - roi) * a
+
+
+def _centre(arch: torch.Tensor) -> torch.Tensor:
+    """1 across the front teeth, fading to 0 before the mouth corners (smoothstep on the arch)."""
+    t = ((arch - TEETH_FADE[0]) / (TEETH_FADE[1] - TEETH_FADE[0])).clamp(0, 1)
+    return t * t * (3 - 2 * t)
 
 
 def _smooth_columns(y: torch.Tensor, k: int) -> torch.Tensor:
