@@ -45,6 +45,7 @@ class Components:
     @classmethod
     def load(cls, settings: Settings) -> Components:
         pipeline = ReplyPipeline.from_settings(settings)
+        pipeline.warm_up()
         memory = pipeline.context
         assert isinstance(memory, MemoryStore) and memory.knowledge is not None
         if settings.knowledge.shared_folder:

@@ -450,3 +450,21 @@ def test_build_renderer_from_settings(tmp_path: Path):
     assert isinstance(photo, WarpRenderer) and photo.frame == "photo"
     assert r.device.type in ("cpu", "cuda")
     assert avatar_cache_dir(settings) == tmp_path / "cache" / "avatars"
+
+
+def test_the_face_detector_starts_without_native_log_noise_and_stderr_still_works():
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; from pathlib import Path; "
+        "from pipeline.render.landmarks import decode_image, shared_detector; "
+        "face = decode_image(Path('assets/grace_hopper.jpg').read_bytes()); "
+        "print(len(shared_detector().detect(face).points)); print('still here', file=sys.stderr)"
+    )
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "478"
+    assert done.stderr.strip() == "still here"  # mediapipe's C++ set-up warnings stay out of the logs

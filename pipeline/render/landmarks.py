@@ -12,12 +12,16 @@ a 2-D warp cannot animate convincingly, raise FaceTurnedAway (moderately turned 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
+import sys
 import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -120,14 +124,16 @@ class FaceMeshDetector:
     """
 
     def __init__(self) -> None:
-        # mediapipe's C++ side logs TFLite set-up chatter to stderr unless told otherwise
-        os.environ.setdefault("GLOG_minloglevel", "2")
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         import mediapipe as mp  # slow import: only when a face is first needed
 
-        self._mesh = mp.solutions.face_mesh.FaceMesh(
-            static_image_mode=True, max_num_faces=MAX_FACES, refine_landmarks=True
-        )
+        # The graph logs harmless set-up chatter from C++ (no setting turns it off) while it is built
+        # and the first time it finds a face: do both now, once, silenced, so it never buries output.
+        face = Image.open(WARM_UP_FACE).convert("RGB").resize((256, 256))
+        with _native_stderr_silenced():
+            self._mesh = mp.solutions.face_mesh.FaceMesh(
+                static_image_mode=True, max_num_faces=MAX_FACES, refine_landmarks=True
+            )
+            self._mesh.process(np.asarray(face))
         self._lock = threading.Lock()
 
     def _faces(self, rgb: np.ndarray) -> list[Face]:
@@ -237,6 +243,21 @@ def _tile_starts(length: int) -> list[int]:
     return starts
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null for the block (C++ libraries write there directly)."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+WARM_UP_FACE = Path(__file__).resolve().parents[2] / "assets" / "avatar.jpg"
 _detector: FaceMeshDetector | None = None
 _detector_lock = threading.Lock()
 

@@ -60,6 +60,9 @@ class SharedBatchRenderer:
     def device(self) -> torch.device:
         return self.inner.device
 
+    def warm_up(self) -> None:
+        self.inner.warm_up()
+
     def prepare(self, image: bytes, size: int, **kwargs) -> WarpAvatar:
         return self.inner.prepare(image, size, **kwargs)
 

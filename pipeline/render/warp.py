@@ -109,6 +109,10 @@ class WarpRenderer:
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ prepare
+    def warm_up(self) -> None:
+        """Build the face detector now (about a second), not during someone's first photo."""
+        shared_detector()
+
     def prepare(self, image: bytes, size: int, *, frame: str | None = None) -> WarpAvatar:
         """Analyse a photo once per size and frame kind (default: the renderer's `frame`).
 
