@@ -11,6 +11,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
+from bots.jobs import JobStore
 from pipeline.llm.base import ChatMessage
 from pipeline.types import Transcript
 from tests.helpers import Mp4Info, probe_mp4
@@ -84,3 +85,11 @@ class AnswerRecorder:
         for piece in self.model.stream(messages, max_tokens=max_tokens, temperature=temperature):
             self.answers.append(piece)
             yield piece
+
+
+class SlowJobStore(JobStore):
+    """A job store whose crash-recovery query is slow, as on a loaded machine."""
+
+    def unfinished(self, platform: str):
+        time.sleep(1.5)
+        return super().unfinished(platform)

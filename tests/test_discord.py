@@ -28,7 +28,14 @@ from memory.keys import conversation_key, user_key
 from memory.store import MemoryStore
 from pipeline.config import Settings
 from pipeline.orchestrator import ReplyPipeline
-from tests.bot_helpers import AnswerRecorder, FixedRecognizer, RuleChat, portrait, probe_mp4_bytes
+from tests.bot_helpers import (
+    AnswerRecorder,
+    FixedRecognizer,
+    RuleChat,
+    SlowJobStore,
+    portrait,
+    probe_mp4_bytes,
+)
 from tests.fakes.discord_server import (
     BOT_ID,
     CHANNEL_ID,
@@ -515,14 +522,6 @@ def test_jobs_interrupted_by_a_crash_are_answered_after_restart(server, small_se
         await h.until(lambda: h.jobs.unfinished("discord") == [])  # each finished once answered
 
     harness.run(scenario)
-
-
-class SlowJobStore(JobStore):
-    """A job store whose crash-recovery query is slow, as on a loaded machine."""
-
-    def unfinished(self, platform: str):
-        time.sleep(1.5)
-        return super().unfinished(platform)
 
 
 def test_a_message_arriving_during_recovery_is_answered_once(server, small_settings, stages):

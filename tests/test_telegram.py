@@ -32,7 +32,7 @@ from pipeline.media.ffmpeg import run_ffmpeg
 from pipeline.media.video_output import write_wav
 from pipeline.orchestrator import ReplyPipeline
 from pipeline.types import VoiceSettings
-from tests.bot_helpers import AnswerRecorder, RuleChat, portrait, probe_mp4_bytes
+from tests.bot_helpers import AnswerRecorder, RuleChat, SlowJobStore, portrait, probe_mp4_bytes
 from tests.fakes.telegram_server import (
     BOT_ID,
     BOT_USERNAME,
@@ -566,14 +566,6 @@ def test_jobs_interrupted_by_a_crash_are_answered_after_restart(server, small_se
         assert h.jobs.unfinished("telegram") == []
 
     harness.run(scenario)
-
-
-class SlowJobStore(JobStore):
-    """A job store whose crash-recovery query is slow, as on a loaded machine."""
-
-    def unfinished(self, platform: str):
-        time.sleep(1.5)
-        return super().unfinished(platform)
 
 
 def test_a_message_arriving_during_recovery_is_answered_once(server, small_settings, stages):

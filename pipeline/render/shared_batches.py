@@ -70,13 +70,7 @@ class SharedBatchRenderer:
         self, avatar: WarpAvatar, speech: Speech, *, fps: int, start_time: float, n_frames: int
     ) -> Iterator[np.ndarray]:
         """The same frames as WarpRenderer.render, drawn on the shared device thread."""
-        if fps <= 0:
-            raise ValueError("fps must be positive")
-        if n_frames < 0:
-            raise ValueError("n_frames must be >= 0")
-        controls = torch.from_numpy(
-            self.inner.controls(speech, fps=fps, start_time=start_time, n_frames=n_frames)
-        )
+        controls = self.inner.control_tensor(speech, fps=fps, start_time=start_time, n_frames=n_frames)
         step = self.inner.batch
         pending: list[_Chunk] = []
         for i in range(0, n_frames, step):

@@ -216,16 +216,20 @@ class WarpRenderer:
         out[:, [ROT_COL, SHIFT_X_COL, SHIFT_Y_COL]] = head_sway(absolute, self.seed)
         return out
 
+    def control_tensor(self, speech: Speech, *, fps: int, start_time: float, n_frames: int) -> torch.Tensor:
+        """`controls` as a tensor, after checking the frame arguments."""
+        if fps <= 0:
+            raise ValueError("fps must be positive")
+        if n_frames < 0:
+            raise ValueError("n_frames must be >= 0")
+        return torch.from_numpy(self.controls(speech, fps=fps, start_time=start_time, n_frames=n_frames))
+
     # ------------------------------------------------------------------ render
     def render(
         self, avatar: WarpAvatar, speech: Speech, *, fps: int, start_time: float, n_frames: int
     ) -> Iterator[np.ndarray]:
         """Yield uint8 (batch, height, width, 3) frames, exactly n_frames in total."""
-        if fps <= 0:
-            raise ValueError("fps must be positive")
-        if n_frames < 0:
-            raise ValueError("n_frames must be >= 0")
-        controls = torch.from_numpy(self.controls(speech, fps=fps, start_time=start_time, n_frames=n_frames))
+        controls = self.control_tensor(speech, fps=fps, start_time=start_time, n_frames=n_frames)
         for i in range(0, n_frames, self.batch):
             with torch.no_grad():
                 yield render_frames(avatar.rig, controls[i : i + self.batch].to(self.device), avatar.backdrop)
