@@ -93,30 +93,19 @@ async def serve(settings: Settings, environ: Mapping[str, str] | None = None) ->
     http = HttpOptions.from_env(environ)  # refuses an open address without API keys, before loading
     components = Components.load(settings)
     adapters: list = [HttpServer(http, components)]
+    shared = (
+        components.pipeline,
+        components.memory,
+        components.knowledge,
+        components.service,
+        components.jobs,
+    )
     telegram = TelegramOptions.from_env(environ, settings)
     if telegram is not None:
-        adapters.append(
-            TelegramBot(
-                telegram,
-                components.pipeline,
-                components.memory,
-                components.knowledge,
-                components.service,
-                components.jobs,
-            )
-        )
+        adapters.append(TelegramBot(telegram, *shared))
     discord_options = DiscordOptions.from_env(environ, settings)
     if discord_options is not None:
-        adapters.append(
-            DiscordBot(
-                discord_options,
-                components.pipeline,
-                components.memory,
-                components.knowledge,
-                components.service,
-                components.jobs,
-            )
-        )
+        adapters.append(DiscordBot(discord_options, *shared))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -153,3 +153,15 @@ def eye_openness(frames: np.ndarray) -> np.ndarray:
     the eyes closed."""
     eyes = ((159, 145, 33, 133), (386, 374, 263, 362))  # upper lid, lower lid, corner, corner
     return np.array([np.mean([_ratio(lm, *eye) for eye in eyes]) for lm in _redetected(frames, video=False)])
+
+
+def voice_note(synthesizer, text: str, language: str, folder: Path) -> bytes:
+    """Speak `text` with an offline voice and encode it as Telegram and Discord send it (OGG/Opus)."""
+    from pipeline.media.video_output import write_wav
+    from pipeline.types import VoiceSettings
+
+    speech = synthesizer.synthesize(text, language, VoiceSettings())
+    wav, ogg = folder / "q.wav", folder / "q.ogg"
+    write_wav(wav, speech.audio)
+    run_ffmpeg(["-y", "-i", str(wav), "-c:a", "libopus", "-b:a", "32k", str(ogg)])
+    return ogg.read_bytes()

@@ -51,7 +51,7 @@ from tests.fakes.discord_server import (
     slash,
     user,
 )
-from tests.helpers import ScriptedChat, make_tone
+from tests.helpers import ScriptedChat, make_tone, voice_note
 
 MENTION = {"id": str(BOT_ID), "username": "TalkTwin", "discriminator": "0", "avatar": None, "bot": True}
 
@@ -595,10 +595,7 @@ def test_a_chinese_voice_message_gets_a_chinese_video_answer(server, models_inst
     from pipeline.asr.whisper import WhisperRecognizer
     from pipeline.config import load_settings
     from pipeline.llm.factory import build_chat_model
-    from pipeline.media.ffmpeg import run_ffmpeg
-    from pipeline.media.video_output import write_wav
     from pipeline.text import detect_language
-    from pipeline.types import VoiceSettings
 
     settings = load_settings(
         environ={
@@ -609,10 +606,7 @@ def test_a_chinese_voice_message_gets_a_chinese_video_answer(server, models_inst
     )
     synthesizer, _ = stages
     # espeak-ng's Mandarin is robotic; Whisper base reliably hears this sentence, not every one
-    speech = synthesizer.synthesize("你好，请介绍一下你自己。", "zh", VoiceSettings())
-    write_wav(tmp_path / "q.wav", speech.audio)
-    run_ffmpeg(["-y", "-i", str(tmp_path / "q.wav"), "-c:a", "libopus", str(tmp_path / "q.ogg")])
-    voice = (tmp_path / "q.ogg").read_bytes()
+    voice = voice_note(synthesizer, "你好，请介绍一下你自己。", "zh", tmp_path)
     mei = user(300099, "mei")
 
     async def scenario(h: Harness) -> None:

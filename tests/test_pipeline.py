@@ -17,14 +17,12 @@ from memory.history import InProcessHistory
 from pipeline.cancel import Cancelled, CancelToken, TookTooLong
 from pipeline.config import Settings, load_settings
 from pipeline.errors import EmptyText, NoFaceFound, TextTooLong
-from pipeline.media.ffmpeg import run_ffmpeg
-from pipeline.media.video_output import write_wav
 from pipeline.orchestrator import ReplyPipeline, ReplyRequest
 from pipeline.render.factory import build_renderer
 from pipeline.text import detect_language
 from pipeline.tts.factory import build_synthesizer
 from pipeline.types import VoiceSettings
-from tests.helpers import NoRecognizer, ScriptedChat, lip_sync, probe_mp4
+from tests.helpers import NoRecognizer, ScriptedChat, lip_sync, probe_mp4, voice_note
 
 
 @pytest.fixture(scope="module")
@@ -191,18 +189,9 @@ def real_pipeline(models_installed: Settings) -> ReplyPipeline:
     return ReplyPipeline.from_settings(settings)
 
 
-def voice_note(pipeline: ReplyPipeline, text: str, language: str, tmp_path: Path) -> bytes:
-    """Speak `text` with the offline voice and encode it as Telegram does (OGG/Opus)."""
-    speech = pipeline.synthesizer.synthesize(text, language, VoiceSettings())
-    wav, ogg = tmp_path / "q.wav", tmp_path / "q.ogg"
-    write_wav(wav, speech.audio)
-    run_ffmpeg(["-y", "-i", str(wav), "-c:a", "libopus", "-b:a", "32k", str(ogg)])
-    return ogg.read_bytes()
-
-
 @pytest.mark.real_models
 def test_spoken_question_end_to_end(real_pipeline: ReplyPipeline, tmp_path: Path):
-    audio = voice_note(real_pipeline, "What is the capital city of France?", "en", tmp_path)
+    audio = voice_note(real_pipeline.synthesizer, "What is the capital city of France?", "en", tmp_path)
     result = real_pipeline.reply(ReplyRequest("test:e2e", audio=audio), tmp_path / "answer.mp4")
     heard = result.transcript.text.lower()
     assert "capital" in heard and "france" in heard and result.language == "en"
@@ -221,7 +210,7 @@ def test_spoken_question_end_to_end(real_pipeline: ReplyPipeline, tmp_path: Path
 @pytest.mark.real_models
 def test_spoken_chinese_question_end_to_end(real_pipeline: ReplyPipeline, tmp_path: Path):
     # espeak-ng's Mandarin is robotic; Whisper base reliably hears this sentence, not every one
-    audio = voice_note(real_pipeline, "你好，请介绍一下你自己。", "zh", tmp_path)
+    audio = voice_note(real_pipeline.synthesizer, "你好，请介绍一下你自己。", "zh", tmp_path)
     result = real_pipeline.reply(ReplyRequest("test:e2e-zh", audio=audio), tmp_path / "answer.mp4")
     assert result.transcript.language == "zh" and "介绍" in result.transcript.text
     assert result.language == "zh" and detect_language(result.answer) == "zh"

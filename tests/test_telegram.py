@@ -28,10 +28,7 @@ from memory.keys import user_key
 from memory.store import MemoryStore
 from pipeline.config import Settings, load_settings
 from pipeline.llm.base import ChatMessage
-from pipeline.media.ffmpeg import run_ffmpeg
-from pipeline.media.video_output import write_wav
 from pipeline.orchestrator import ReplyPipeline
-from pipeline.types import VoiceSettings
 from tests.bot_helpers import AnswerRecorder, RuleChat, SlowJobStore, portrait, probe_mp4_bytes
 from tests.fakes.telegram_server import (
     BOT_ID,
@@ -43,7 +40,7 @@ from tests.fakes.telegram_server import (
     message_update,
     user,
 )
-from tests.helpers import NoRecognizer
+from tests.helpers import NoRecognizer, voice_note
 
 
 @pytest.fixture(scope="module")
@@ -386,10 +383,7 @@ def test_voice_note_gets_a_video_note_answer(server, models_installed, stages, t
         }
     )
     synthesizer, _ = stages
-    speech = synthesizer.synthesize("What is the capital city of France?", "en", VoiceSettings())
-    write_wav(tmp_path / "q.wav", speech.audio)
-    run_ffmpeg(["-y", "-i", str(tmp_path / "q.wav"), "-c:a", "libopus", str(tmp_path / "q.ogg")])
-    voice = (tmp_path / "q.ogg").read_bytes()
+    voice = voice_note(synthesizer, "What is the capital city of France?", "en", tmp_path)
     ivy = user(112)
 
     async def scenario(h: Harness) -> None:
