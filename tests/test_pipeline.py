@@ -16,7 +16,7 @@ import pytest
 from memory.history import InProcessHistory
 from pipeline.cancel import Cancelled, CancelToken, TookTooLong
 from pipeline.config import Settings, load_settings
-from pipeline.errors import EmptyText, NoFaceFound, TextTooLong
+from pipeline.errors import ChatModelCrashed, EmptyText, NoFaceFound, TextTooLong
 from pipeline.orchestrator import ReplyPipeline, ReplyRequest
 from pipeline.render.factory import build_renderer
 from pipeline.text import detect_language
@@ -403,3 +403,64 @@ def test_a_model_writing_too_long_is_cut_and_the_answer_so_far_spoken(
     result = pipeline.reply(ReplyRequest("test:s", text="Hi"), tmp_path / "s.mp4")
     assert result.answer.startswith("This first sentence arrives quickly.")
     assert "ages" not in result.answer and probe_mp4(result.media_path).duration > 1
+
+
+class CutOffChat(ScriptedChat):
+    """Stops at its token limit in the middle of its second sentence, and says so."""
+
+    def stream(self, messages, *, max_tokens, temperature):
+        yield from super().stream(messages, max_tokens=max_tokens, temperature=temperature)
+        return "length"
+
+
+def test_a_sentence_the_model_was_cut_off_in_is_never_spoken(hermetic: ReplyPipeline, tmp_path: Path):
+    chat = CutOffChat("The moon circled the quiet village every night. One evening it noticed that the")
+    result = _pipeline_with(hermetic, tmp_path, chat).reply(
+        ReplyRequest("test:c", text="A story"), tmp_path / "c.mp4"
+    )
+    assert result.answer == "The moon circled the quiet village every night."
+    assert result.truncated and result.truncation == "token_limit"
+
+
+def test_a_model_that_finishes_is_spoken_to_its_last_word(hermetic: ReplyPipeline, tmp_path: Path):
+    chat = ScriptedChat("Paris is the capital. It lies on the Seine")
+    result = _pipeline_with(hermetic, tmp_path, chat).reply(
+        ReplyRequest("test:f", text="Paris?"), tmp_path / "f.mp4"
+    )
+    assert result.answer == "Paris is the capital. It lies on the Seine" and not result.truncated
+
+
+class CrashingChat(ScriptedChat):
+    """Its process 'dies' after the first piece of each of its first `crashes` answers."""
+
+    def __init__(self, answer: str, crashes: int) -> None:
+        super().__init__(answer)
+        self.crashes = crashes
+
+    def stream(self, messages, *, max_tokens, temperature):
+        pieces = super().stream(messages, max_tokens=max_tokens, temperature=temperature)
+        yield next(pieces)
+        if len(self.calls) <= self.crashes:
+            raise ChatModelCrashed("the chat model server at 127.0.0.1 failed: peer closed connection")
+        yield from pieces
+
+
+def test_a_chat_model_crash_mid_answer_costs_one_retry(hermetic: ReplyPipeline, tmp_path: Path):
+    chat = CrashingChat("Bonjour from the second attempt. Nothing of the first one is kept.", crashes=1)
+    pipeline = _pipeline_with(hermetic, tmp_path, chat, TALKTWIN_REPLY__OVERLAP="on")
+    result = pipeline.reply(ReplyRequest("test:r", text="Hi"), tmp_path / "r.mp4")
+    assert len(chat.calls) == 2
+    assert result.answer == "Bonjour from the second attempt. Nothing of the first one is kept."
+    assert probe_mp4(result.media_path).duration == pytest.approx(result.duration, abs=0.2)
+
+
+def test_a_chat_model_that_crashes_twice_gets_a_clear_sorry(hermetic: ReplyPipeline, tmp_path: Path):
+    chat = CrashingChat("Never heard.", crashes=2)
+    pipeline = _pipeline_with(hermetic, tmp_path, chat)
+    with pytest.raises(ChatModelCrashed) as err:
+        pipeline.reply(ReplyRequest("test:x", text="你好"), tmp_path / "x.mp4")
+    assert len(chat.calls) == 2 and not (tmp_path / "x.mp4").exists()
+    assert err.value.user_message("zh").startswith("抱歉") and "again" in err.value.user_message("en")
+    # the next message is answered as usual
+    chat.answer = "Still here."
+    assert pipeline.reply(ReplyRequest("test:x", text="Hi"), tmp_path / "y.mp4").answer == "Still here."

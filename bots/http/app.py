@@ -40,7 +40,13 @@ USER_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MEDIA_NAME = re.compile(r"^[0-9a-f]{32}\.(mp4|ogg)$")
 IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 FORMATS = ("video", "video_note", "voice", "text")
-STATUS = {"file_too_large": 413, "audio_too_long": 413, "text_too_long": 413, "model_missing": 503}
+STATUS = {
+    "file_too_large": 413,
+    "audio_too_long": 413,
+    "text_too_long": 413,
+    "model_missing": 503,
+    "chat_model_crashed": 503,
+}
 
 
 @dataclass(frozen=True)

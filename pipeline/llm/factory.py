@@ -14,7 +14,11 @@ def build_chat_model(settings: Settings) -> ChatModel:
         from pipeline.llm.llamacpp import LlamaCppChat
 
         return LlamaCppChat(
-            settings.resolve(cfg.model), context_tokens=cfg.context_tokens, threads=cfg.threads
+            settings.resolve(cfg.model),
+            context_tokens=cfg.context_tokens,
+            threads=cfg.threads,
+            timeout_s=cfg.timeout_s,
+            log_path=settings.resolve(settings.paths.data_dir) / "logs" / "chat-model.log",
         )
     if cfg.backend == "openai":
         from pipeline.llm.openai_compat import OpenAICompatibleChat

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import httpx
 
-from pipeline.llm.base import ChatMessage
+from pipeline.errors import ChatModelCrashed
+from pipeline.llm.base import ChatMessage, ChatStream, FinishReason
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +29,15 @@ class OpenAICompatibleChat:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.Client(headers=headers, timeout=httpx.Timeout(timeout_s, connect=10))
 
-    def stream(
-        self, messages: Sequence[ChatMessage], *, max_tokens: int, temperature: float
-    ) -> Iterator[str]:
+    def stream(self, messages: Sequence[ChatMessage], *, max_tokens: int, temperature: float) -> ChatStream:
+        """The answer's pieces; returns the finish reason. A dropped connection, or a stream that
+        ends before the server said it finished, raises ChatModelCrashed."""
+        try:
+            return (yield from self._events(messages, max_tokens, temperature))
+        except httpx.TransportError as e:
+            raise ChatModelCrashed(f"the chat model server at {self.url} failed: {e!r}") from e
+
+    def _events(self, messages: Sequence[ChatMessage], max_tokens: int, temperature: float) -> ChatStream:
         body = {
             "model": self.model,
             "messages": [{"role": m.role, "content": m.content} for m in messages],
@@ -42,17 +49,26 @@ class OpenAICompatibleChat:
             if response.status_code >= 400:
                 response.read()
                 raise RuntimeError(f"LLM server answered {response.status_code}: {response.text[:300]}")
+            finish: FinishReason = None
             for line in response.iter_lines():
                 if not line.startswith("data:"):
                     continue
                 data = line[5:].strip()
                 if data == "[DONE]":
-                    break
+                    return finish
                 try:
                     choices = json.loads(data).get("choices") or []
                 except json.JSONDecodeError:
                     log.warning("skipping a malformed event from the LLM server: %.100s", data)
                     continue
-                piece = choices[0].get("delta", {}).get("content") if choices else None
+                if not choices:
+                    continue
+                piece = choices[0].get("delta", {}).get("content")
                 if piece:
                     yield piece
+                reason = choices[0].get("finish_reason")
+                if reason:
+                    finish = "length" if reason == "length" else "stop"
+            if finish is None:
+                raise ChatModelCrashed(f"the chat model server at {self.url} ended the answer unfinished")
+            return finish

@@ -1,0 +1,46 @@
+"""Child process: serves a GGUF chat model over llama.cpp's OpenAI-compatible HTTP server.
+
+Started by `LlamaCppChat` through `ServerProcess`; never imported by the service itself. xllamacpp is
+a prebuilt llama.cpp (AVX2/FMA/F16C, no AVX-512 or AMX code paths), so the same wheel runs on every
+x86-64 CPU since 2013 and installs without a compiler. The extra weight buffers (llama.cpp's AMX
+repacking, which crashed in `llama_decode` on a Xeon VM) stay off whatever the build supports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--context-tokens", type=int, default=2048)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--gpu-layers", type=int, default=0)
+    args = parser.parse_args()
+
+    import xllamacpp
+
+    params = xllamacpp.CommonParams()
+    params.model.path = args.model
+    params.n_ctx = args.context_tokens
+    params.n_parallel = 1  # one answer at a time: requests queue in the server
+    params.cpuparams.n_threads = args.threads
+    params.cpuparams_batch.n_threads = args.threads
+    params.n_gpu_layers = args.gpu_layers
+    params.no_extra_bufts = True
+    params.hostnames = ["127.0.0.1"]
+    params.port = args.port
+    server = xllamacpp.Server(params)  # noqa: F841  (serves until this process ends)
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+
+
+if __name__ == "__main__":
+    main()
