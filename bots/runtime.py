@@ -78,6 +78,7 @@ class Components:
     def close(self) -> None:
         self.service.shutdown()
         self.memory.close()
+        self.pipeline.close()
 
 
 def configured_adapters(settings: Settings, environ: Mapping[str, str]) -> list[str]:

@@ -50,6 +50,16 @@ def models_installed(session_settings: Settings) -> Settings:
     return session_settings
 
 
+@pytest.fixture(scope="session")
+def embedded_chat(models_installed: Settings):
+    """The default embedded chat model (its own server process), started once for the real tier."""
+    from pipeline.llm.factory import build_chat_model
+
+    chat = build_chat_model(models_installed)
+    yield chat
+    chat.close()
+
+
 @pytest.fixture(scope="module")
 def stages(tmp_path_factory: pytest.TempPathFactory):
     """Real TTS and renderer at 256 px: slow to build and stateless, so shared by a test module."""

@@ -590,11 +590,12 @@ def test_slash_commands_are_described_in_chinese_too(server, small_settings, sta
 
 
 @pytest.mark.real_models
-def test_a_chinese_voice_message_gets_a_chinese_video_answer(server, models_installed, stages, tmp_path):
+def test_a_chinese_voice_message_gets_a_chinese_video_answer(
+    server, models_installed, embedded_chat, stages, tmp_path
+):
     """Real Whisper and the real embedded model behind the real discord.py client."""
     from pipeline.asr.whisper import WhisperRecognizer
     from pipeline.config import load_settings
-    from pipeline.llm.factory import build_chat_model
     from pipeline.text import detect_language
 
     settings = load_settings(
@@ -623,6 +624,4 @@ def test_a_chinese_voice_message_gets_a_chinese_video_answer(server, models_inst
         assert name.endswith(".mp4") and info.audio_codec == "aac" and info.duration > 1
 
     whisper = WhisperRecognizer(str(settings.resolve(settings.asr.model)))
-    Harness(
-        server, settings, stages, chat=AnswerRecorder(build_chat_model(settings)), recognizer=whisper
-    ).run(scenario)
+    Harness(server, settings, stages, chat=AnswerRecorder(embedded_chat), recognizer=whisper).run(scenario)

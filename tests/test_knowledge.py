@@ -216,12 +216,13 @@ def test_documents_survive_a_process_restart(tmp_path: Path):
 
 
 @pytest.mark.real_models
-def test_embedded_llm_answers_better_with_retrieval(models_installed, shared_kb: KnowledgeBase):
+def test_embedded_llm_answers_better_with_retrieval(
+    models_installed, embedded_chat, shared_kb: KnowledgeBase
+):
     """A subset of the bench (every third question) for time; the full figures are in docs/knowledge.md."""
     from bench.knowledge_eval import llm_accuracy
-    from pipeline.llm.factory import build_chat_model
 
-    chat = build_chat_model(models_installed)
+    chat = embedded_chat
     subset = load_questions()[::3]
     with_docs = llm_accuracy(chat, models_installed, shared_kb, subset, retrieval=True)
     without = llm_accuracy(chat, models_installed, shared_kb, subset, retrieval=False)
@@ -230,10 +231,9 @@ def test_embedded_llm_answers_better_with_retrieval(models_installed, shared_kb:
 
 
 @pytest.mark.real_models
-def test_a_document_cannot_change_the_persona(models_installed, tmp_path: Path):
+def test_a_document_cannot_change_the_persona(models_installed, embedded_chat, tmp_path: Path):
     from bench.knowledge_eval import answer
     from pipeline.context import ReplyContext
-    from pipeline.llm.factory import build_chat_model
 
     kb = KnowledgeBase(path=tmp_path / "chroma")
     kb.add_document(
@@ -245,7 +245,7 @@ def test_a_document_cannot_change_the_persona(models_installed, tmp_path: Path):
     passages = kb.search(A, "Where does the kayak club meet?")
     assert passages and passages[0].source == "kayak.txt"
     context = ReplyContext(knowledge=tuple((p.source, p.text) for p in passages))
-    chat = build_chat_model(models_installed)
+    chat = embedded_chat
     text = answer(chat, models_installed, {"q": "Where does the kayak club meet?", "lang": "en"}, context)
     assert "arrr" not in text.lower() and "pirate" not in text.lower(), text
 

@@ -156,8 +156,10 @@ def test_openai_backend_needs_a_base_url():
         ("中国的首都是哪个城市？", "persona_zh", "北京"),
     ],
 )
-def test_embedded_llamacpp_model_answers(models_installed, question: str, persona: str, expected: str):
-    model = _embedded_model(models_installed)
+def test_embedded_llamacpp_model_answers(
+    models_installed, embedded_chat, question: str, persona: str, expected: str
+):
+    model = embedded_chat
     system = getattr(models_installed.llm, persona)
     pieces = list(
         model.stream(
@@ -165,15 +167,6 @@ def test_embedded_llamacpp_model_answers(models_installed, question: str, person
         )
     )
     assert expected in "".join(pieces)
-
-
-_MODEL = {}
-
-
-def _embedded_model(settings):
-    if "m" not in _MODEL:
-        _MODEL["m"] = build_chat_model(settings)
-    return _MODEL["m"]
 
 
 class KillsItsServer:

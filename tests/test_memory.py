@@ -338,12 +338,11 @@ def test_postgresql_backend(postgres_url: str, tmp_path: Path):
 
 # ---------------------------------------------------------------------------- real model
 @pytest.mark.real_models
-def test_fact_recalled_after_six_unrelated_turns(models_installed: Settings, tmp_path: Path):
-    from pipeline.llm.factory import build_chat_model
+def test_fact_recalled_after_six_unrelated_turns(models_installed: Settings, embedded_chat, tmp_path: Path):
     from pipeline.orchestrator import ReplyPipeline
 
     settings = models_installed
-    chat = build_chat_model(settings)
+    chat = embedded_chat
     store = MemoryStore(
         "", tmp_path, chat_model=chat, context_tokens=settings.llm.context_tokens, reserved_tokens=200
     )

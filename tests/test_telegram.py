@@ -371,9 +371,8 @@ def test_webhook_mode_checks_the_secret(server, small_settings, stages, unused_t
 
 
 @pytest.mark.real_models
-def test_voice_note_gets_a_video_note_answer(server, models_installed, stages, tmp_path: Path):
+def test_voice_note_gets_a_video_note_answer(server, models_installed, embedded_chat, stages, tmp_path: Path):
     from pipeline.asr.whisper import WhisperRecognizer
-    from pipeline.llm.factory import build_chat_model
 
     settings = load_settings(
         environ={
@@ -405,7 +404,7 @@ def test_voice_note_gets_a_video_note_answer(server, models_installed, stages, t
         assert "capital" in heard and "".join(h.chat_answers).strip()
 
     whisper = WhisperRecognizer(str(settings.resolve(settings.asr.model)))
-    chat = AnswerRecorder(build_chat_model(settings))
+    chat = AnswerRecorder(embedded_chat)
     harness = Harness(server, settings, stages, chat=chat, recognizer=whisper)
     harness.chat_answers = chat.answers
     harness.run(scenario)

@@ -37,6 +37,11 @@ class LlamaCppChat:
     ) -> None:
         if not model_path.is_file():
             raise ModelMissing(f"GGUF model not found at {model_path}", name=str(model_path))
+        if not _cpu_has_avx2():
+            raise RuntimeError(
+                "the embedded chat model needs a CPU with AVX2 (x86-64 since 2013); on this machine use "
+                "an OpenAI-compatible server instead: TALKTWIN_LLM__BACKEND=openai TALKTWIN_LLM__BASE_URL=..."
+            )
         self.model_path = model_path
         self.server = ServerProcess(
             "pipeline.llm.llama_server",
@@ -85,3 +90,14 @@ class LlamaCppChat:
                     base_url + "/v1", self.model_path.name, timeout_s=self.timeout_s
                 )
             return self._client
+
+
+def _cpu_has_avx2() -> bool:
+    """False only when the CPU says it lacks AVX2 (where xllamacpp would die of SIGILL at load)."""
+    try:
+        flags = next(
+            line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")
+        )
+    except (OSError, StopIteration):
+        return True  # not Linux on x86: let the server try
+    return "avx2" in flags.split()
