@@ -32,10 +32,22 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def _child_peak_rss_mb(chat_model: object) -> int:
+    """Peak RSS of the chat model's server process, 0 when the model runs in this process."""
+    server = getattr(chat_model, "server", None)
+    if server is None or server.pid is None:
+        return 0
+    for line in Path(f"/proc/{server.pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024)
+    return 0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--model", default="", help="a GGUF under checkpoints/ (default: the configured one)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -44,6 +56,7 @@ def main() -> None:
                 "TALKTWIN_RENDER__SIZE": str(args.size),
                 "TALKTWIN_LLM__TEMPERATURE": "0",
                 "TALKTWIN_PATHS__DATA_DIR": tmp,  # a fresh memory: every run is a first question
+                **({"TALKTWIN_LLM__MODEL": f"checkpoints/{args.model}"} if args.model else {}),
             }
         )
         t0 = time.perf_counter()
@@ -62,14 +75,20 @@ def main() -> None:
                 f"run {i}: total {result.timings.seconds['total']:.2f} s, answer {result.duration:.1f} s: "
                 f"{result.answer!r}"
             )
+        chat_rss_mb = _child_peak_rss_mb(pipeline.chat_model)
+        pipeline.close()
     stages = sorted({k for r in runs for k in r.timings.seconds})
     report = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU used",
         "size": args.size,
+        "chat_model": settings.llm.model,
         "question_seconds": round(question.duration, 2),
         "answer_seconds_p50": round(statistics.median(r.duration for r in runs), 2),
         "model_load_seconds": round(load_s, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        # the embedded chat model runs in a child process: its peak counts too
+        "chat_model_peak_rss_mb": chat_rss_mb,
+        "total_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024) + chat_rss_mb,
         "stages": {
             s: {
                 "p50": round(percentile([r.timings.seconds.get(s, 0) for r in runs], 0.5), 3),
@@ -78,7 +97,8 @@ def main() -> None:
             for s in stages
         },
     }
-    out = PROJECT_ROOT / "bench" / "results" / f"reply_latency_{args.size}.json"
+    suffix = f"_{Path(args.model).stem}" if args.model else ""
+    out = PROJECT_ROOT / "bench" / "results" / f"reply_latency_{args.size}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
