@@ -73,7 +73,7 @@ class LlmSettings(_Section):
 
 
 class TtsSettings(_Section):
-    backend: Literal["auto", "edge", "piper", "espeak"]
+    backend: Literal["auto", "edge", "piper", "espeak", "mandarin"]
     edge_timeout_s: float = Field(gt=0)
     edge_retries: int = Field(ge=0, le=5)
     edge_voice_en: str
@@ -81,6 +81,8 @@ class TtsSettings(_Section):
     piper_voice: str
     espeak_voice_en: str
     espeak_voice_zh: str
+    offline_zh: Literal["mandarin", "espeak"]
+    mandarin_threads: int = Field(ge=1, le=16)
     voice: str
     rate: int = Field(ge=-90, le=200)
     volume: int = Field(ge=0, le=100)

