@@ -117,6 +117,55 @@ def test_text_message_gets_a_square_video_note_with_audio(server, small_settings
     Harness(server, small_settings, stages).run(scenario)
 
 
+def test_a_whole_photo_frame_is_sent_as_a_video_never_a_round_note(server, tmp_path: Path, stages):
+    from pipeline.config import PROJECT_ROOT
+
+    photo = tmp_path / "portrait.jpg"  # a 4:5 portrait: its whole-photo frame is not square
+    Image.open(PROJECT_ROOT / "assets" / "avatar.jpg").crop((51, 0, 461, 512)).save(photo)
+    settings = load_settings(
+        environ={
+            "TALKTWIN_PATHS__DATA_DIR": str(tmp_path / "data"),
+            "TALKTWIN_RENDER__SIZE": "256",
+            "TALKTWIN_RENDER__FRAME": "photo",
+            "TALKTWIN_RENDER__AVATAR": str(photo),
+        }
+    )
+    from pipeline.render.factory import build_renderer
+
+    synthesizer, _ = stages
+    ann = user(131)
+
+    async def scenario(h: Harness) -> None:
+        server.push(message_update(ann, text="Hello in full frame!"))
+        (call,) = await h.wait("sendVideo", chat_id=131)
+        info = probe_mp4_bytes(call.files["video"])
+        assert info.width != info.height and server.find("sendVideoNote", 131) == []
+        assert (int(call.params["width"]), int(call.params["height"])) == (info.width, info.height)
+
+    Harness(server, settings, (synthesizer, build_renderer(settings))).run(scenario)
+
+
+def test_a_mode_change_while_a_reply_waits_applies_to_the_next_reply(server, small_settings, stages):
+    bea = user(132)
+
+    async def scenario(h: Harness) -> None:
+        server.push(message_update(bea, text="Tell me something."))
+        await h.wait("sendChatAction", chat_id=132)  # in work: the model is writing (slowly)
+        server.push(message_update(bea, text="And one more thing."))
+        await h.wait_texts(132, "I'm still answering your previous message; this one is next.")
+        server.push(message_update(bea, **command("/mode voice")))
+        await h.wait_texts(132, "Replies will now come as: voice message.")
+        notes = await h.wait("sendVideoNote", count=2, chat_id=132)
+        for note in notes:  # mp4s, as admitted; not an OGG written into a video note
+            info = probe_mp4_bytes(note.files["video_note"])
+            assert info.width == info.height and info.audio_codec == "aac"
+        server.push(message_update(bea, text="And now?"))
+        (voice,) = await h.wait("sendVoice", chat_id=132)
+        assert voice.files["voice"][:4] == b"OggS"
+
+    Harness(server, small_settings, stages, chat=RuleChat(delay_s=3)).run(scenario)
+
+
 def test_commands_answer_in_the_users_language(server, small_settings, stages):
     li = user(102, lang="zh-hans", name="李")
 

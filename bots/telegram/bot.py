@@ -43,6 +43,12 @@ from pipeline.orchestrator import ReplyPipeline, ReplyRequest
 
 log = logging.getLogger(__name__)
 
+
+def pipeline_format(mode: str) -> str:
+    """The pipeline format for a reply mode: a video note is made as a video, delivery decides."""
+    return "video" if mode == "video_note" else mode
+
+
 PLATFORM = "telegram"
 
 
@@ -215,14 +221,14 @@ class TelegramBot(CommandHandlers):
         lang = self.language_of(update.effective_user)
         await self.service.call(self.pipeline.prepare_avatar, image)  # raises NoFaceFound and friends
         await self.service.call(self.memory.set_avatar, user, image)
-        request = self._request(update, format="video")
+        request = self._request(update)
         await self._run_job(
             message.chat_id,
             message.message_id,
             user,
             lang,
-            lambda out, token: self.pipeline.speak(
-                t("avatar_greeting", lang), replace(request, cancel=token), out
+            lambda out, token, mode: self.pipeline.speak(
+                t("avatar_greeting", lang), replace(request, cancel=token, format=pipeline_format(mode)), out
             ),
             notice=t("avatar_set", lang),
         )
@@ -268,9 +274,12 @@ class TelegramBot(CommandHandlers):
         )
 
     # ------------------------------------------------------------------ replies
-    def _request_for(self, user: str, conversation: str, **fields) -> ReplyRequest:
+    def _request_for(self, user: str, conversation: str, mode: str | None = None, **fields) -> ReplyRequest:
+        """The user's request with their avatar and voice; `mode` is the reply mode decided when the
+        job was admitted (a /mode sent while it waits must not change what the pipeline writes)."""
         profile = self.memory.profile(user)
-        fields.setdefault("format", "video" if profile.mode == "video_note" else profile.mode)
+        if mode is not None:
+            fields.setdefault("format", pipeline_format(mode))
         return ReplyRequest(
             user=user,
             conversation=conversation,
@@ -304,8 +313,8 @@ class TelegramBot(CommandHandlers):
                 message.message_id,
                 key,
                 self.language_of(user),
-                lambda out, token: self.pipeline.reply(
-                    self._request_for(key, thread, cancel=token, **content), out
+                lambda out, token, mode: self.pipeline.reply(
+                    self._request_for(key, thread, mode, cancel=token, **content), out
                 ),
                 job_id=job_id,
             )
@@ -328,8 +337,8 @@ class TelegramBot(CommandHandlers):
                     reply_to,
                     job.user,
                     lang,
-                    lambda out, token, job=job, content=content: self.pipeline.reply(
-                        self._request_for(job.user, job.conversation, cancel=token, **content), out
+                    lambda out, token, mode, job=job, content=content: self.pipeline.reply(
+                        self._request_for(job.user, job.conversation, mode, cancel=token, **content), out
                     ),
                     job_id=job.id,
                 )
@@ -347,12 +356,14 @@ class TelegramBot(CommandHandlers):
         reply_to: int | None,
         key: str,
         lang: str,
-        job: Callable[[Path, CancelToken], object],
+        job: Callable[[Path, CancelToken, str], object],
         *,
         notice: str = "",
         job_id: int | None = None,
     ) -> None:
-        """Admit, run on the worker with a chat action kept alive, then send the result."""
+        """Admit, run on the worker with a chat action kept alive, then send the result.
+
+        The reply mode is read once, here: the pipeline writes and delivery sends the same kind."""
         bot = self.app.bot
         verdict, retry_s = self.service.admit(key)
         if verdict is Admission.RATE_LIMITED:
@@ -366,16 +377,16 @@ class TelegramBot(CommandHandlers):
             return
         if verdict is Admission.QUEUED:
             await bot.send_message(chat_id, t("queued", lang))
-        profile = self.memory.profile(key)
+        mode = (await self.service.call(self.memory.profile, key)).mode
         action = {
             "video_note": ChatAction.RECORD_VIDEO_NOTE,
             "voice": ChatAction.RECORD_VOICE,
             "text": ChatAction.TYPING,
-        }.get(profile.mode, ChatAction.UPLOAD_VIDEO)
+        }.get(mode, ChatAction.UPLOAD_VIDEO)
         if job_id is not None:
             await self.service.call(self.jobs.start, job_id)
         with tempfile.TemporaryDirectory(prefix="talktwin-tg-") as tmp:
-            out = Path(tmp) / ("reply.ogg" if profile.mode == "voice" else "reply.mp4")
+            out = Path(tmp) / ("reply.ogg" if mode == "voice" else "reply.mp4")
             async with keep_chat_action(
                 bot,
                 chat_id,
@@ -384,12 +395,10 @@ class TelegramBot(CommandHandlers):
                 progress_text=t("working", lang),
             ):
                 token = CancelToken()
-                result = await self.service.run(key, job, out, token, token=token)
+                result = await self.service.run(key, job, out, token, mode, token=token)
             if notice:
                 await bot.send_message(chat_id, notice)
-            await send_result(
-                bot, chat_id, reply_to, result, profile.mode, self.options.upload_limit_mb, lang
-            )
+            await send_result(bot, chat_id, reply_to, result, mode, self.options.upload_limit_mb, lang)
 
     async def _download(self, file_id: str, size: int | None) -> bytes:
         limit = self.options.download_limit_mb

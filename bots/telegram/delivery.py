@@ -60,7 +60,8 @@ async def send_result(
 ) -> None:
     """Video note when it fits (square, ≤ 60 s), else a video with the answer as caption; voice; text.
 
-    Sent as a reply to the user's message `reply_to` (still sent if that message is gone).
+    Sent as a reply to the user's message `reply_to` (still sent if that message is gone). Probing and
+    converting media run off the event loop.
     """
     reply = (
         {"reply_parameters": ReplyParameters(reply_to, allow_sending_without_reply=True)} if reply_to else {}
@@ -74,24 +75,25 @@ async def send_result(
             "reply of %.1f MB is over the upload limit; sending voice and text", path.stat().st_size / 1e6
         )
         await bot.send_message(chat_id, t("answer_too_big", lang), **reply)
-        path = _voice_from(path)
+        path = await asyncio.to_thread(_voice_from, path)
         mode = "voice"
-    data = path.read_bytes()
+    data = await asyncio.to_thread(path.read_bytes)
     duration = round(result.duration)
     if mode == "voice":
         await bot.send_voice(chat_id, data, duration=duration, caption=_caption(result.answer), **reply)
         if len(result.answer) > CAPTION_MAX:
             await _send_text(bot, chat_id, result.answer, {})
-    elif mode == "video_note" and result.duration <= VIDEO_NOTE_MAX_S:
-        await bot.send_video_note(chat_id, data, duration=duration, length=_video_size(path), **reply)
-    else:
-        size = _video_size(path)
+        return
+    width, height = await asyncio.to_thread(_video_dimensions, path)
+    if mode == "video_note" and result.duration <= VIDEO_NOTE_MAX_S and width == height:
+        await bot.send_video_note(chat_id, data, duration=duration, length=width, **reply)
+    else:  # a whole-photo frame is not square: Telegram would crop it into a circle
         await bot.send_video(
             chat_id,
             data,
             duration=duration,
-            width=size,
-            height=size,
+            width=width,
+            height=height,
             caption=_caption(result.answer),
             supports_streaming=True,
             **reply,
@@ -109,11 +111,12 @@ async def _send_text(bot: Bot, chat_id: int | str, text: str, reply: dict) -> No
         await bot.send_message(chat_id, text[i : i + MESSAGE_MAX], **(reply if i == 0 else {}))
 
 
-def _video_size(path: Path) -> int:
+def _video_dimensions(path: Path) -> tuple[int, int]:
     import av
 
     with av.open(str(path)) as box:
-        return box.streams.video[0].codec_context.width
+        context = box.streams.video[0].codec_context
+        return context.width, context.height
 
 
 def _voice_from(mp4: Path) -> Path:
