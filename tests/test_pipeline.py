@@ -76,7 +76,7 @@ def test_chinese_answer_is_spoken_by_the_offline_mandarin_voice(hermetic: ReplyP
     result = ask(
         hermetic, tmp_path, "北京有故宫和长城。你可以去看看！", text="北京有什么好玩的？", subtitles=True
     )
-    assert result.language == "zh" and result.tts_engines == ("espeak",)
+    assert result.language == "zh" and result.tts_engines == ("mandarin",)
     assert result.answer == "北京有故宫和长城。你可以去看看！"
     system = hermetic.chat_model.calls[0][0]
     assert system.role == "system" and "中文" in system.content
@@ -209,12 +209,11 @@ def test_spoken_question_end_to_end(real_pipeline: ReplyPipeline, tmp_path: Path
 
 @pytest.mark.real_models
 def test_spoken_chinese_question_end_to_end(real_pipeline: ReplyPipeline, tmp_path: Path):
-    # espeak-ng's Mandarin is robotic; Whisper base reliably hears this sentence, not every one
     audio = voice_note(real_pipeline.synthesizer, "你好，请介绍一下你自己。", "zh", tmp_path)
     result = real_pipeline.reply(ReplyRequest("test:e2e-zh", audio=audio), tmp_path / "answer.mp4")
     assert result.transcript.language == "zh" and "介绍" in result.transcript.text
     assert result.language == "zh" and detect_language(result.answer) == "zh"
-    assert result.tts_engines == ("espeak",)
+    assert result.tts_engines == ("mandarin",)
     info = probe_mp4(result.media_path)
     assert (info.video_codec, info.audio_codec) == ("h264", "aac")
     assert info.duration == pytest.approx(result.duration, abs=0.2)
