@@ -1,6 +1,6 @@
 """Lip-sync, measured independently of the renderer's own control signal.
 
-The benchmark sentences go through the real TTS (Piper for English, espeak-ng for Chinese), the warp
+The benchmark sentences go through the real TTS (Piper for English, the Mandarin voice for Chinese), the warp
 renderer (sentence by sentence with start-time offsets, as the pipeline does) and the H.264 encoder.
 The decoded mp4 is then re-analysed: FaceMesh finds the lips on every rendered frame, and the inner-lip
 gap / mouth width is correlated (Pearson) with the speech loudness per frame. Target: r >= 0.6.
@@ -44,12 +44,13 @@ SENTENCES = {
 
 
 def synthesizers() -> dict[str, object]:
-    """Piper for English (phoneme alignments from the model), espeak-ng for Chinese."""
-    from pipeline.tts.espeak import EspeakSynthesizer
+    """The offline defaults, each with timings from its model: Piper for English (phoneme alignments),
+    the Mandarin voice for Chinese (FastSpeech2 durations)."""
+    from pipeline.tts.mandarin import MandarinSynthesizer
     from pipeline.tts.piper import PiperSynthesizer
 
-    piper = ROOT / "checkpoints" / "piper" / "en_US-joe-medium.onnx"
-    return {"en": PiperSynthesizer(piper), "zh": EspeakSynthesizer()}
+    piper = PiperSynthesizer(ROOT / "checkpoints" / "piper" / "en_US-joe-medium.onnx")
+    return {"en": piper, "zh": MandarinSynthesizer(latin=piper)}
 
 
 def with_pause(speech: Speech, seconds: float) -> Speech:

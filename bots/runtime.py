@@ -29,7 +29,7 @@ from pipeline.orchestrator import ReplyPipeline
 from pipeline.render.factory import renders_on_gpu
 
 log = logging.getLogger(__name__)
-VOICES = {"auto": "auto: edge-tts when reachable, else Piper (English) / espeak-ng"}
+VOICES = {"auto": "auto: edge-tts when reachable, else Piper (English) / Mandarin (Chinese) / espeak-ng"}
 
 
 @dataclass
