@@ -15,14 +15,85 @@ _EMOJI = re.compile("[\U0001f000-\U0001faff\u2600-\u27bf\ufe0f\u200d]")
 _SPACES = re.compile(r"\s+")
 
 
+# Characters that make a run of Chinese a phrase of grammar or an instruction rather than a name or a
+# quoted word: particles, pronouns of reference, question words, verbs of asking and translating.
+_ZH_GRAMMAR = set("的了吗呢吧么啊是很把被请帮说讲写译这那哪怎什为想要能觉")
+_ZH_GRAMMAR_PAIRS = ("中文", "英文", "汉语", "一下", "意思", "如何", "总结", "解释", "概括", "回答")
+_CJK_RUN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
+_LEAD = re.compile(r"^\s*([^:：\n]{2,60}?)\s*[:：]")
+_EN_GRAMMAR = re.compile(
+    r"\b(i|you|my|your|the|a|an|is|are|was|do|does|did|what|how|why|where|who|in|on|of|to|and|for|"
+    r"with|this|that|it|can|me)\b",
+    re.IGNORECASE,
+)
+# An English lead only takes over Chinese text when it asks about language itself.
+_EN_LANGUAGE_LEAD = re.compile(r"\b(translat\w*|mean(ing|s)?|say|pronounc\w*|in english)\b", re.IGNORECASE)
+
+
 def detect_language(text: str, default: str = "en") -> str:
-    """ "zh" when the text is mostly Chinese characters, "en" when mostly Latin letters."""
+    """The language to answer `text` in: "zh" or "en" (`default` when it has no letters at all).
+
+    Mostly Chinese characters is Chinese, mostly Latin letters is English, with one exception that
+    counts: a request whose instruction is Chinese around Latin text ("翻译成中文：Luck is a dividend
+    of sweat.", "这个 function 的 return value 是什么") is Chinese even though Latin letters
+    outnumber the characters, because the user wants a Chinese answer. A name or a word or two of
+    Chinese inside an English sentence ("What does 你好 mean?", "I live in 上海") stays English.
+    """
     cjk = len(_CJK.findall(text))
     latin = len(_LATIN.findall(text))
     if cjk == 0 and latin == 0:
         return default
+    lead = _instruction_lead(text)
+    if lead is not None:
+        return lead
+    if cjk == 0 or latin == 0:
+        return "zh" if cjk else "en"
+    if _chinese_frames_latin(text):
+        return "zh"
+    if _EN_GRAMMAR.search(text) and not any(_is_grammar(r) for r in _CJK_RUN.findall(text)):
+        return "en"  # an English sentence naming something in Chinese: "I live in 上海浦东新区"
     # one Chinese character carries about as much as a short English word
     return "zh" if cjk * 3 >= latin else "en"
+
+
+def _is_grammar(run: str) -> bool:
+    return any(ch in _ZH_GRAMMAR for ch in run) or any(p in run for p in _ZH_GRAMMAR_PAIRS)
+
+
+def _instruction_lead(text: str) -> str | None:
+    """The language of a "<instruction>: <text to work on>" request's instruction, if it has one.
+
+    A Chinese lead with grammar in it ("翻译成中文：…", "总结一下：…") makes the request Chinese; an
+    English lead counts only when it is about language ("Translate to English: 今天…"), so
+    "Note: 我明天…" stays Chinese.
+    """
+    m = _LEAD.match(text)
+    if m is None:
+        return None
+    lead = m.group(1)
+    cjk, latin = len(_CJK.findall(lead)), len(_LATIN.findall(lead))
+    if cjk >= 2 and cjk * 3 >= latin and _is_grammar(lead):
+        return "zh"  # not a speaker's name before a quote ("李明：Hello everyone…")
+    if cjk == 0 and len(lead.split()) >= 2 and _EN_LANGUAGE_LEAD.search(lead):
+        return "en"
+    return None
+
+
+def _chinese_frames_latin(text: str) -> bool:
+    """Chinese grammar around or between the Latin words: the sentence is Chinese with English in it.
+
+    True when the text begins or ends with a run of Chinese that has grammar in it ("…是什么意思？",
+    "把 … 翻译成中文"), or when two or more separate runs of Chinese carry grammar between Latin
+    words ("我觉得 machine learning 很 interesting").
+    """
+    runs = list(_CJK_RUN.finditer(text))
+    letters = [m.start() for m in re.finditer(r"[A-Za-z\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]", text)]
+    first, last = letters[0], letters[-1]
+    for run in runs:
+        at_edge = run.start() == first or run.end() - 1 == last
+        if at_edge and _is_grammar(run.group()):
+            return True
+    return len(runs) >= 2 and sum(_is_grammar(r.group()) for r in runs) >= 1
 
 
 def clean_for_speech(text: str) -> str:

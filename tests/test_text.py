@@ -1,3 +1,5 @@
+import pytest
+
 from pipeline.text import SentenceSplitter, clean_for_speech, detect_language, split_sentences
 
 
@@ -6,6 +8,44 @@ def test_detect_language():
     assert detect_language("今天天气怎么样？") == "zh"
     assert detect_language("我喜欢 Python 编程") == "zh"
     assert detect_language("12345", default="zh") == "zh"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "翻译成中文：Luck is a dividend of sweat.",  # the seed's example, a Chinese instruction and its text
+        "把这句话翻译成中文: The early bird catches the worm.",
+        "Luck is a dividend of sweat 是什么意思？",  # the instruction after the text
+        "请把 The early bird catches the worm 翻译成中文",  # ... or around it
+        "这个 function 的 return value 是什么",  # Chinese grammar, English terms
+        "我觉得 machine learning 很 interesting",
+        "我昨天看了 The Lord of the Rings",
+        "总结一下：Hello, this is Diane from New Jersey, I am calling about the invoice we sent last week.",
+    ],
+)
+def test_a_chinese_request_around_latin_text_is_chinese(text: str):
+    assert detect_language(text) == "zh"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "What does 你好 mean?",  # a word or two of Chinese in an English sentence
+        "My favourite dish is 麻婆豆腐.",
+        "I live in 上海浦东新区",
+        "I love 北京 and 上海",
+        "How do you say thank you in Chinese? Is it 谢谢?",
+        "Translate to English: 今天天气很好",  # an English instruction about Chinese text
+        "李明：Hello everyone, welcome to the weekly meeting.",  # a speaker's name, not an instruction
+    ],
+)
+def test_english_with_a_little_chinese_stays_english(text: str):
+    assert detect_language(text) == "en"
+
+
+def test_a_colon_lead_that_is_not_about_language_does_not_decide():
+    assert detect_language("Note: 我明天要去北京开会，帮我想想要带什么") == "zh"
+    assert detect_language("PS: 这个周末有空吗？") == "zh"
 
 
 def test_english_sentences_stream_out_as_soon_as_complete():
