@@ -65,7 +65,7 @@ class Components:
         """What runs where, for the start-up lines."""
         s = self.pipeline.settings
         renderer = self.pipeline.renderer
-        device = getattr(renderer, "device", "cpu")
+        device = renderer.capabilities.device
         return [
             f"speech recognition {s.asr.backend}: {s.asr.model}",
             f"language model     {s.llm.backend}: {s.llm.model}",

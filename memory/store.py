@@ -10,12 +10,14 @@ token budget sized from the model's context window.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import logging
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -64,7 +66,7 @@ class MemoryStore:
         summary_max_tokens: int = 120,
         notes_budget: float = 0.2,
         knowledge_budget: float = 0.35,
-        avatar_cache_dir: Path | None = None,
+        forget_photo: Callable[[bytes], None] | None = None,
     ) -> None:
         self.data_dir = data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -76,7 +78,8 @@ class MemoryStore:
         self.recent_turns, self.summarize = recent_turns, summarize and chat_model is not None
         self.summary_max_tokens = summary_max_tokens
         self.notes_share, self.knowledge_share = notes_budget, knowledge_budget
-        self.avatar_cache_dir = avatar_cache_dir
+        # Drops what the renderers derived from a photo (caches in memory and on disk), every backend's.
+        self.forget_photo = forget_photo
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memory-summary")
         self._pending: dict[str, Future[None]] = {}
         self._lock = threading.RLock()  # orders summary writes against reset/forget
@@ -85,7 +88,7 @@ class MemoryStore:
     def from_settings(
         cls, settings: Settings, chat_model: ChatModel | None = None, knowledge: KnowledgeBase | None = None
     ) -> MemoryStore:
-        from pipeline.render.factory import avatar_cache_dir
+        from pipeline.render.registry import forget_photo
 
         llm, mem = settings.llm, settings.memory
         persona = max(estimate_tokens(llm.persona_en), estimate_tokens(llm.persona_zh))
@@ -105,7 +108,7 @@ class MemoryStore:
             summary_max_tokens=mem.summary_max_tokens,
             notes_budget=mem.notes_budget,
             knowledge_budget=mem.knowledge_budget,
-            avatar_cache_dir=avatar_cache_dir(settings),
+            forget_photo=functools.partial(forget_photo, settings),
         )
 
     # ------------------------------------------------------------------ ConversationContext
@@ -304,14 +307,13 @@ class MemoryStore:
             self._drop_avatar_cache(old)
 
     def _drop_avatar_cache(self, image: bytes) -> None:
-        """Remove the renderer's cached landmarks of a photo no other user still has."""
+        """Have every renderer drop what it derived from a photo no other user still has."""
         digest = hashlib.sha256(image).hexdigest()
         with Session(self.engine) as s:
             if s.scalar(select(func.count()).where(AvatarRow.sha256 == digest)):
                 return
-        if self.avatar_cache_dir is not None and self.avatar_cache_dir.is_dir():
-            for path in self.avatar_cache_dir.glob(f"*{digest}*"):
-                path.unlink(missing_ok=True)
+        if self.forget_photo is not None:
+            self.forget_photo(image)
 
     def media_dir(self, user: str) -> Path:
         """A folder for the user's cached media (the bots' downloads, rendered replies); forget removes it."""
@@ -336,7 +338,7 @@ class MemoryStore:
 
         Their own threads go whole (turns, summaries, facts); in shared group threads their turns
         and facts go and the group's summary is dropped (it may quote them). Profile, avatar and its
-        cached landmarks, knowledge documents and the media folder go too.
+        renderers' caches of it, knowledge documents and the media folder go too.
         """
         check_user(user)
         avatar = self.avatar(user)

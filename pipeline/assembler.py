@@ -1,7 +1,9 @@
 """ReplyAssembler: turns answer sentences into the reply's media, one sentence at a time.
 
-Per sentence: speech (TTS), then frames (renderer) streamed into the H.264 encoder; the audio of all
-sentences is joined and muxed at the end. The output format decides how far it goes:
+Per sentence: speech (TTS), then the sentence is fed to the reply's render session and whatever frames
+that makes ready are streamed into the H.264 encoder (all of them for a per-sentence renderer; a
+whole-utterance renderer hands its frames over when the session finishes). The audio of all sentences
+is joined and muxed at the end. The output format decides how far it goes:
 "video_note" / "video" (mp4), "voice" (OGG/Opus, no rendering) or "text" (no speech at all).
 
 Frame size: "video" uses the prepared avatar's frame as it is (the square face crop, or the whole
@@ -13,6 +15,7 @@ whichever frame size results.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -76,9 +79,11 @@ class ReplyAssembler:
         self.truncated = False
         self._chunks: list[np.ndarray] = []  # audio at OUTPUT_SAMPLE_RATE
         self._writer = None
+        self._session = None
         if fmt in ("video_note", "video"):
             assert avatar is not None, "video replies need a prepared avatar"
             width, height = frame_size(avatar)
+            self._session = renderer.session(avatar, fps=fps)
             self._writer = VideoWriter(
                 out_path, width, fps, height=height, subtitles=subtitles, **writer_options
             )
@@ -115,16 +120,18 @@ class ReplyAssembler:
         return speech
 
     def _render(self, speech: Speech) -> None:
-        assert self._writer is not None and self.avatar is not None
+        assert self._session is not None
         start = self.seconds
         n_frames = round((start + speech.duration) * self.fps) - round(start * self.fps)
         if self.subtitles is not None:
             self.subtitles.add(speech, start)
+        self._write_frames(self._session.feed(speech, start_time=start, n_frames=n_frames))
+
+    def _write_frames(self, frames_iter: Iterator[np.ndarray]) -> None:
+        """Draw and encode frames, timing each, checking the token between batches."""
+        assert self._writer is not None
         t0 = time.perf_counter()
         render_s = 0.0
-        frames_iter = self.renderer.render(
-            self.avatar, speech, fps=self.fps, start_time=start, n_frames=n_frames
-        )
         while True:
             t1 = time.perf_counter()
             with self.token.stage("render"):
@@ -141,6 +148,8 @@ class ReplyAssembler:
         """Write the media file (None for text replies) once every sentence is in."""
         if self.fmt == "text":
             return None
+        if self._session is not None:  # frames a whole-utterance renderer still owes
+            self._write_frames(self._session.finish())
         t0 = time.perf_counter()
         audio = Audio(np.concatenate(self._chunks), OUTPUT_SAMPLE_RATE)
         if self._writer is not None:

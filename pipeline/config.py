@@ -1,4 +1,5 @@
-"""Settings: `config/default.toml`, then an optional user file, then `TALKTWIN_<SECTION>__<KEY>` env vars.
+"""Settings: `config/default.toml`, then an optional user file, then `TALKTWIN_<SECTION>__<KEY>` env vars
+(`TALKTWIN_RENDER__WARP__SEED` for a section inside a section: a renderer backend's own).
 
 Every setting is documented in config/default.toml. Secrets never live in these files: settings that
 need one name the environment variable that holds it (`api_key_env`). A bad value or an unknown key
@@ -7,19 +8,31 @@ fails at start with a ConfigError that names the key, e.g. `llm.temperature: ...
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from pipeline.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = PROJECT_ROOT / "config" / "default.toml"
 ENV_PREFIX = "TALKTWIN_"
+
+log = logging.getLogger(__name__)
 
 
 class _Section(BaseModel):
@@ -90,19 +103,55 @@ class TtsSettings(_Section):
 
 
 RENDER_SIZES = (256, 384, 512, 640)
+# Flat [render] keys of earlier versions that moved into a backend's own section: still read (with a
+# warning) so that an old settings file or TALKTWIN_RENDER__SEED keeps working.
+MOVED_RENDER_KEYS = {"seed": "warp"}
+
+
+class BackendSettings(_Section):
+    """Base of a renderer backend's own section, `[render.<name>]`, declared by the backend's module.
+
+    The section joins the settings when the backend registers (pipeline/render/registry.py), so a new
+    backend brings its settings along without edits here; unknown keys in it fail like any other.
+    """
 
 
 class RenderSettings(_Section):
-    backend: Literal["warp"]
+    """Settings every renderer backend honours; each backend's own are in `[render.<backend>]`."""
+
+    backend: str
     device: Literal["auto", "cpu", "cuda"]
     size: int
     fps: int = Field(ge=10, le=60)
     batch: int = Field(ge=1, le=512)
     threads: int = Field(ge=0)
     avatar: Path
-    seed: int
     frame: Literal["square", "photo"]
     share_batches: Literal["auto", "on", "off"]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        data = dict(data)
+        for key, section in MOVED_RENDER_KEYS.items():
+            if key in data and isinstance(data.get(section, {}), Mapping):
+                log.warning(
+                    "render.%s has moved to render.%s.%s; please update your settings", key, section, key
+                )
+                data[section] = {**data.get(section, {}), key: data.pop(key)}
+        return data
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, name: str) -> str:
+        from pipeline.render.registry import backend_names
+
+        known = backend_names()
+        if name not in known:
+            raise ValueError(f"unknown renderer {name!r}; known renderers: {', '.join(known)}")
+        return name
 
     @field_validator("size")
     @classmethod
@@ -110,6 +159,11 @@ class RenderSettings(_Section):
         if size not in RENDER_SIZES:
             raise ValueError(f"must be one of {RENDER_SIZES}")
         return size
+
+    def backend_settings(self, name: str | None = None) -> BackendSettings:
+        """The `[render.<name>]` section (default: the configured backend's); empty if it declares none."""
+        section = getattr(self, name or self.backend, None)
+        return section if isinstance(section, BackendSettings) else BackendSettings()
 
 
 class OutputSettings(_Section):
@@ -193,14 +247,48 @@ def _merge(base: dict[str, Any], override: Mapping[str, Any], where: str) -> dic
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    """TALKTWIN_LLM__TEMPERATURE=0.3 -> {"llm": {"temperature": "0.3"}} (pydantic converts types)."""
+    """TALKTWIN_LLM__TEMPERATURE=0.3 -> {"llm": {"temperature": "0.3"}} (pydantic converts types).
+
+    Each further `__` is one more level, for sections inside sections:
+    TALKTWIN_RENDER__WARP__SEED=3 -> {"render": {"warp": {"seed": "3"}}}.
+    """
     out: dict[str, Any] = {}
-    for name, value in environ.items():
+    for name, value in sorted(environ.items()):
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
-        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
-        out.setdefault(section, {})[key] = value
+        *sections, key = name[len(ENV_PREFIX) :].lower().split("__")
+        if not key or not all(sections):
+            raise ConfigError(f"{name}: empty section or key name (TALKTWIN_<SECTION>__<KEY>)")
+        node = out
+        for depth, section in enumerate(sections):
+            node = node.setdefault(section, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{'.'.join(sections[: depth + 1])}: set both as a value and as a section")
+        if isinstance(node.get(key), dict):
+            raise ConfigError(f"{'.'.join([*sections, key])}: set both as a value and as a section")
+        node[key] = value
     return out
+
+
+def _settings_model() -> type[Settings]:
+    """Settings whose [render] also has each registered backend's own section."""
+    from pipeline.render.registry import backends
+
+    return _with_backend_sections(
+        tuple((b.name, b.settings) for b in backends().values() if b.settings is not None)
+    )
+
+
+@functools.cache
+def _with_backend_sections(sections: tuple[tuple[str, type[BackendSettings]], ...]) -> type[Settings]:
+    fields: dict[str, Any] = {}
+    for name, model in sections:
+        try:
+            fields[name] = (model, model())  # a section whose keys all have defaults may be left out
+        except ValidationError:
+            fields[name] = (model, ...)
+    render = create_model("RenderSettings", __base__=RenderSettings, **fields)
+    return create_model("Settings", __base__=Settings, render=(render, ...))
 
 
 def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
@@ -217,7 +305,7 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
             raise ConfigError(f"cannot read config file {path}: {e}") from e
     data = _merge(data, _env_overrides(environ), "")
     try:
-        return Settings.model_validate(data)
+        return _settings_model().model_validate(data)
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
         raise ConfigError(f"bad setting: {problems}") from None

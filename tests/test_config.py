@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from pipeline.config import PROJECT_ROOT, load_settings
 from pipeline.errors import ConfigError
@@ -14,8 +15,13 @@ def test_defaults_load_and_document_every_setting():
     assert s.resolve(s.paths.checkpoints_dir) == PROJECT_ROOT / "checkpoints"
     text = (PROJECT_ROOT / "config" / "default.toml").read_text()
     for section, model in s:
-        for key in type(model).model_fields:
-            assert f"\n{key} = " in text, f"{section}.{key} is not in config/default.toml"
+        for key, value in model:
+            if isinstance(value, BaseModel):  # a section inside the section: [render.warp]
+                assert f"\n[{section}.{key}]\n" in text, f"[{section}.{key}] is not in config/default.toml"
+                for inner in type(value).model_fields:
+                    assert f"\n{inner} = " in text, f"{section}.{key}.{inner} is not in config/default.toml"
+            else:
+                assert f"\n{key} = " in text, f"{section}.{key} is not in config/default.toml"
 
 
 def test_env_overrides_with_type_conversion():
@@ -56,3 +62,44 @@ def test_unreadable_config_file(tmp_path: Path):
     bad.write_text("[llm\n")
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_settings(bad, environ={})
+
+
+def test_env_reaches_sections_inside_sections():
+    s = load_settings(environ={"TALKTWIN_RENDER__WARP__SEED": "3", "TALKTWIN_RENDER__FPS": "30"})
+    assert s.render.warp.seed == 3 and s.render.fps == 30
+    with pytest.raises(ConfigError, match=r"render\.warp\.sed"):
+        load_settings(environ={"TALKTWIN_RENDER__WARP__SED": "3"})
+    with pytest.raises(ConfigError, match=r"render\.warp\.seed"):
+        load_settings(environ={"TALKTWIN_RENDER__WARP__SEED": "many"})
+    with pytest.raises(ConfigError, match=r"render\.warp: set both as a value and as a section"):
+        load_settings(environ={"TALKTWIN_RENDER__WARP": "1", "TALKTWIN_RENDER__WARP__SEED": "3"})
+    with pytest.raises(ConfigError, match="empty section or key name"):
+        load_settings(environ={"TALKTWIN_RENDER____SEED": "3"})
+
+
+def test_a_moved_render_key_is_still_read(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    cfg = tmp_path / "old.toml"
+    cfg.write_text("[render]\nseed = 11\n")  # a settings file from before [render.warp]
+    assert load_settings(cfg, environ={}).render.warp.seed == 11
+    assert "render.warp.seed" in caplog.text
+    assert load_settings(environ={"TALKTWIN_RENDER__SEED": "12"}).render.warp.seed == 12
+
+
+def test_unknown_renderer_lists_the_known_ones():
+    with pytest.raises(
+        ConfigError, match=r"render\.backend: .*unknown renderer 'wav2lipp'.*known renderers: .*warp"
+    ):
+        load_settings(environ={"TALKTWIN_RENDER__BACKEND": "wav2lipp"})
+
+
+def test_settings_load_without_torch():
+    """The CLI checks its arguments before any model loads: settings (and every renderer's section)
+    must not pull in torch."""
+    import subprocess
+    import sys
+
+    code = "import sys; from pipeline.config import load_settings as L; L(); print('torch' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "False"

@@ -340,10 +340,21 @@ class SlowRenderer:
     def prepare(self, image, size):
         return self.inner.prepare(image, size)
 
-    def render(self, avatar, speech, **kwargs):
-        for frames in self.inner.render(avatar, speech, **kwargs):
+    def session(self, avatar, *, fps):
+        return SlowSession(self.inner.session(avatar, fps=fps), self.delay_s)
+
+
+class SlowSession:
+    def __init__(self, inner, delay_s: float) -> None:
+        self.inner, self.delay_s = inner, delay_s
+
+    def feed(self, speech, **kwargs):
+        for frames in self.inner.feed(speech, **kwargs):
             time.sleep(self.delay_s)
             yield frames
+
+    def finish(self):
+        return self.inner.finish()
 
 
 @pytest.mark.parametrize("stage", ["tts", "render"])

@@ -445,7 +445,8 @@ def test_build_renderer_from_settings(tmp_path: Path):
     )
     r = build_renderer(settings)
     assert isinstance(r, WarpRenderer)
-    assert r.batch == 4 and r.seed == settings.render.seed and r.frame == settings.render.frame == "square"
+    assert r.batch == 4 and r.seed == settings.render.warp.seed == SEED
+    assert r.frame == settings.render.frame == "square"
     photo = build_renderer(load_settings(environ={"TALKTWIN_RENDER__FRAME": "photo"}))
     assert isinstance(photo, WarpRenderer) and photo.frame == "photo"
     assert r.device.type in ("cpu", "cuda")

@@ -1,37 +1,37 @@
-"""Building the configured renderer from settings."""
+"""Building the configured renderer from settings: the registered backend, loaded, maybe shared."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import cast
 
 from pipeline.config import Settings
-from pipeline.render.base import AvatarRenderer
+from pipeline.errors import ConfigError
+from pipeline.render.base import AvatarRenderer, BatchRenderer
+from pipeline.render.registry import avatar_cache_dir, get_backend, track
 from pipeline.render.shared_batches import SharedBatchRenderer
-from pipeline.render.warp import WarpRenderer
 
-
-def avatar_cache_dir(settings: Settings) -> Path:
-    """Where prepared-avatar data (landmarks) is cached: <data_dir>/cache/avatars."""
-    return settings.resolve(settings.paths.data_dir) / "cache" / "avatars"
+__all__ = ["avatar_cache_dir", "build_renderer", "renders_on_gpu"]
 
 
 def build_renderer(settings: Settings) -> AvatarRenderer:
-    """The renderer named by settings.render.backend, configured from [render]."""
+    """The backend named by render.backend, built from [render] and [render.<backend>], then loaded
+    (a missing or wrong model file fails here, at start). Batchable backends draw concurrent replies'
+    frames in shared batches on CUDA, or always with share_batches = "on"."""
     cfg = settings.render
-    if cfg.backend != "warp":
-        raise ValueError(f"unknown render backend {cfg.backend!r}")  # config validation prevents this
-    renderer = WarpRenderer(
-        device=cfg.device,
-        batch=cfg.batch,
-        seed=cfg.seed,
-        cache_dir=avatar_cache_dir(settings),
-        threads=cfg.threads,
-        frame=cfg.frame,
-    )
-    share = cfg.share_batches == "on" or (cfg.share_batches == "auto" and renderer.device.type == "cuda")
-    return SharedBatchRenderer(renderer, max_batch=4 * cfg.batch) if share else renderer
+    renderer = get_backend(cfg.backend).build(settings)
+    renderer.load()
+    caps = renderer.capabilities
+    if cfg.share_batches == "on" and not caps.batchable:
+        renderer.close()
+        raise ConfigError(
+            f"render.share_batches: the {cfg.backend} renderer cannot share batches; use auto or off"
+        )
+    share = cfg.share_batches == "on" or (cfg.share_batches == "auto" and caps.batchable and caps.gpu)
+    if share:  # a batchable backend implements BatchRenderer (declared by its capabilities)
+        renderer = SharedBatchRenderer(cast(BatchRenderer, renderer), max_batch=4 * cfg.batch)
+    track(renderer)
+    return renderer
 
 
 def renders_on_gpu(renderer: AvatarRenderer) -> bool:
-    device = getattr(renderer, "device", None)
-    return device is not None and device.type == "cuda"
+    return renderer.capabilities.gpu

@@ -1,11 +1,13 @@
 """SharedBatchRenderer: one device thread that draws the frames of concurrent replies together.
 
-On a GPU the warp is cheap per frame and the cost is in launching work, so the frames several replies
-need at the same moment should go through the device as one batch. Each reply asks for its frames a
-chunk at a time (keeping two chunks in flight); the device thread takes every chunk waiting, merges
-those of the same prepared avatar (the default avatar is shared by most users) into one
-`render_frames` call, and hands each reply back exactly its own frames. Chunks of different photos
-are drawn one after another in the same thread, which also keeps replies from fighting over the GPU.
+It wraps any batchable backend (Capabilities.batchable; the BatchRenderer Protocol in base.py: per-frame
+inputs, and a draw call for a batch of them). On a GPU a frame is cheap and the cost is in launching
+work, so the frames several replies need at the same moment should go through the device as one batch.
+Each reply asks for its frames a chunk at a time (keeping two chunks in flight); the device thread
+takes every chunk waiting, merges those of the same prepared avatar (the default avatar is shared by
+most users) into one `draw` call, and hands each reply back exactly its own frames. Chunks of
+different photos are drawn one after another in the same thread, which also keeps replies from
+fighting over the GPU.
 On a CPU there is nothing to gain (one reply already keeps every core busy), so the factory uses this
 only with CUDA unless told otherwise.
 """
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from pipeline.render.warp import WarpAvatar, WarpRenderer, render_frames
+from pipeline.render.base import BatchRenderer, Capabilities, PreparedAvatar, RenderSession
 from pipeline.types import Speech
 
 IN_FLIGHT = 2  # chunks one reply keeps queued: the next is waiting while the current one is drawn
@@ -29,8 +31,8 @@ IN_FLIGHT = 2  # chunks one reply keeps queued: the next is waiting while the cu
 
 @dataclass
 class _Chunk:
-    avatar: WarpAvatar
-    controls: torch.Tensor
+    avatar: PreparedAvatar
+    inputs: torch.Tensor
     done: Future[np.ndarray] = field(default_factory=Future)
 
 
@@ -39,62 +41,77 @@ class BatchStats:
     """What the device thread did, for tests and benchmarks."""
 
     chunks: int = 0
-    draws: int = 0  # render_frames calls; fewer than chunks when replies shared batches
+    draws: int = 0  # draw calls; fewer than chunks when replies shared batches
     most_chunks_in_one_draw: int = 0
 
 
 class SharedBatchRenderer:
-    """Implements AvatarRenderer on top of a WarpRenderer; thread-safe, one instance per process."""
+    """Implements AvatarRenderer on top of any batchable backend; thread-safe, one per process."""
 
-    name = "warp"
-
-    def __init__(self, inner: WarpRenderer, *, max_batch: int = 256) -> None:
+    def __init__(self, inner: BatchRenderer, *, max_batch: int = 256) -> None:
+        if not inner.capabilities.batchable:
+            raise ValueError(f"the {inner.name} renderer cannot draw shared batches")
         self.inner = inner
+        self.name = inner.name
+        self.batch = inner.batch
         self.max_batch = max(max_batch, inner.batch)
         self.stats = BatchStats()
         self._chunks: queue.SimpleQueue[_Chunk | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name="render-batches", daemon=True)
         self._thread.start()
 
+    # ------------------------------------------------------------------ the inner renderer's
     @property
-    def device(self) -> torch.device:
-        return self.inner.device
+    def capabilities(self) -> Capabilities:
+        return self.inner.capabilities
 
-    def warm_up(self) -> None:
-        self.inner.warm_up()
+    def load(self) -> None:
+        self.inner.load()
 
-    def prepare(self, image: bytes, size: int, **kwargs) -> WarpAvatar:
+    warm_up = load  # the name the pipeline's start-up uses
+
+    def forget(self, image: bytes) -> None:
+        self.inner.forget(image)
+
+    def prepare(self, image: bytes, size: int, **kwargs) -> PreparedAvatar:
         return self.inner.prepare(image, size, **kwargs)
 
+    def frame_inputs(
+        self, avatar: PreparedAvatar, speech: Speech, *, fps: int, start_time: float, n_frames: int
+    ) -> torch.Tensor:
+        return self.inner.frame_inputs(avatar, speech, fps=fps, start_time=start_time, n_frames=n_frames)
+
+    # ------------------------------------------------------------------ drawing through the thread
+    def session(self, avatar: PreparedAvatar, *, fps: int) -> RenderSession:
+        """The inner renderer's per-sentence session, with each batch drawn on the shared thread."""
+        return _SharedSession(self, avatar, fps)
+
+    def draw(self, avatar: PreparedAvatar, inputs: torch.Tensor) -> np.ndarray:
+        return self._submit(avatar, inputs).done.result()
+
     def render(
-        self, avatar: WarpAvatar, speech: Speech, *, fps: int, start_time: float, n_frames: int
+        self, avatar: PreparedAvatar, speech: Speech, *, fps: int, start_time: float, n_frames: int
     ) -> Iterator[np.ndarray]:
-        """The same frames as WarpRenderer.render, drawn on the shared device thread."""
-        controls = self.inner.control_tensor(speech, fps=fps, start_time=start_time, n_frames=n_frames)
-        step = self.inner.batch
-        pending: list[_Chunk] = []
-        for i in range(0, n_frames, step):
-            pending.append(self._submit(avatar, controls[i : i + step]))
-            if len(pending) == IN_FLIGHT:
-                yield pending.pop(0).done.result()
-        for chunk in pending:
-            yield chunk.done.result()
+        """One sentence on its own: the inner renderer's frames, drawn on the shared device thread."""
+        return self.session(avatar, fps=fps).feed(speech, start_time=start_time, n_frames=n_frames)
 
     def close(self) -> None:
+        """Stop the device thread, then close the inner renderer."""
         self._chunks.put(None)
         self._thread.join(timeout=10)
+        self.inner.close()
 
-    def _submit(self, avatar: WarpAvatar, controls: torch.Tensor) -> _Chunk:
+    def _submit(self, avatar: PreparedAvatar, inputs: torch.Tensor) -> _Chunk:
         if not self._thread.is_alive():
             raise RuntimeError("the render thread has stopped")
-        chunk = _Chunk(avatar, controls)
+        chunk = _Chunk(avatar, inputs)
         self._chunks.put(chunk)
         return chunk
 
     # ------------------------------------------------------------------ the device thread
     def _serve(self) -> None:
         while (first := self._chunks.get()) is not None:
-            waiting, frames, stop = [first], len(first.controls), False
+            waiting, frames, stop = [first], len(first.inputs), False
             while frames < self.max_batch:
                 try:
                     chunk = self._chunks.get_nowait()
@@ -104,18 +121,15 @@ class SharedBatchRenderer:
                     stop = True
                     break
                 waiting.append(chunk)
-                frames += len(chunk.controls)
+                frames += len(chunk.inputs)
             for group in _by_avatar(waiting):
                 self._draw(group)
             if stop:
                 return
 
     def _draw(self, group: list[_Chunk]) -> None:
-        avatar = group[0].avatar
         try:
-            with torch.no_grad():
-                controls = torch.cat([c.controls for c in group]).to(self.inner.device)
-                frames = render_frames(avatar.rig, controls, avatar.backdrop)
+            frames = self.inner.draw(group[0].avatar, torch.cat([c.inputs for c in group]))
         except BaseException as e:  # every reply waiting on this draw gets the error
             for chunk in group:
                 chunk.done.set_exception(e)
@@ -126,9 +140,33 @@ class SharedBatchRenderer:
         stats.most_chunks_in_one_draw = max(stats.most_chunks_in_one_draw, len(group))
         start = 0
         for chunk in group:
-            end = start + len(chunk.controls)
+            end = start + len(chunk.inputs)
             chunk.done.set_result(frames[start:end])
             start = end
+
+
+class _SharedSession:
+    """Per sentence, like PerSentenceSession, but each batch is a chunk for the device thread; two are
+    kept in flight so the thread always has the next one."""
+
+    def __init__(self, shared: SharedBatchRenderer, avatar: PreparedAvatar, fps: int) -> None:
+        self.shared, self.avatar, self.fps = shared, avatar, fps
+
+    def feed(self, speech: Speech, *, start_time: float, n_frames: int) -> Iterator[np.ndarray]:
+        inputs = self.shared.frame_inputs(
+            self.avatar, speech, fps=self.fps, start_time=start_time, n_frames=n_frames
+        )
+        step = self.shared.batch
+        pending: list[_Chunk] = []
+        for i in range(0, n_frames, step):
+            pending.append(self.shared._submit(self.avatar, inputs[i : i + step]))
+            if len(pending) == IN_FLIGHT:
+                yield pending.pop(0).done.result()
+        for chunk in pending:
+            yield chunk.done.result()
+
+    def finish(self) -> Iterator[np.ndarray]:
+        return iter(())
 
 
 def _by_avatar(chunks: list[_Chunk]) -> list[list[_Chunk]]:

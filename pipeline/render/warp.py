@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.render.base import Capabilities, PerSentenceSession, PreparedAvatar, RenderSession
 from pipeline.render.emphasis import emphasis_controls
 from pipeline.render.eyes import paint_lids
 from pipeline.render.framing import FRAMES, Backdrop, backdrop, paste, photo_layout
@@ -70,6 +71,12 @@ class WarpAvatar:
             object.__setattr__(self, "height", self.size)
 
 
+def landmark_cache_files(cache_dir: Path, image: bytes) -> list[Path]:
+    """The cached landmark files of a photo, of every cache version."""
+    digest = hashlib.sha256(image).hexdigest()
+    return sorted(cache_dir.glob(f"landmarks-v*-{digest}.npy")) if cache_dir.is_dir() else []
+
+
 def pick_device(device: str) -> torch.device:
     """ "auto" -> CUDA when a GPU is present, else the CPU; "cpu"/"cuda" as given."""
     if device == "auto":
@@ -78,7 +85,7 @@ def pick_device(device: str) -> torch.device:
 
 
 class WarpRenderer:
-    """Implements AvatarRenderer. Thread-safe: prepared avatars are read-only once built."""
+    """Implements BatchRenderer (base.py). Thread-safe: prepared avatars are read-only once built."""
 
     name = "warp"
 
@@ -108,10 +115,33 @@ class WarpRenderer:
         self._avatars: OrderedDict[str, WarpAvatar] = OrderedDict()
         self._lock = threading.Lock()
 
-    # ------------------------------------------------------------------ prepare
-    def warm_up(self) -> None:
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(device=self.device.type, batchable=True, streaming=True, whole_utterance=False)
+
+    def load(self) -> None:
         """Build the face detector now (about a second), not during someone's first photo."""
         shared_detector()
+
+    warm_up = load  # the name the pipeline's start-up uses
+
+    def close(self) -> None:
+        """Drop the prepared avatars; the face detector is shared by the process and stays."""
+        with self._lock:
+            self._avatars.clear()
+
+    def forget(self, image: bytes) -> None:
+        """Drop the photo's prepared avatars (every size and frame) and its cached landmarks."""
+        prefix = hashlib.sha256(image).hexdigest()[:32] + "-"
+        with self._lock:
+            for key in [k for k in self._avatars if k.startswith(prefix)]:
+                del self._avatars[key]
+        if self.cache_dir is not None:
+            for path in landmark_cache_files(self.cache_dir, image):
+                path.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ prepare
 
     def prepare(self, image: bytes, size: int, *, frame: str | None = None) -> WarpAvatar:
         """Analyse a photo once per size and frame kind (default: the renderer's `frame`).
@@ -225,14 +255,27 @@ class WarpRenderer:
         return torch.from_numpy(self.controls(speech, fps=fps, start_time=start_time, n_frames=n_frames))
 
     # ------------------------------------------------------------------ render
+    def session(self, avatar: PreparedAvatar, *, fps: int) -> RenderSession:
+        """Per sentence: each one's frames as soon as it is fed (blinks and sway follow clip time)."""
+        return PerSentenceSession(self, avatar, fps=fps)
+
+    def frame_inputs(
+        self, avatar: PreparedAvatar, speech: Speech, *, fps: int, start_time: float, n_frames: int
+    ) -> torch.Tensor:
+        """The per-frame controls; the same for every photo."""
+        return self.control_tensor(speech, fps=fps, start_time=start_time, n_frames=n_frames)
+
+    def draw(self, avatar: PreparedAvatar, inputs: torch.Tensor) -> np.ndarray:
+        """Frames for a batch of controls (of one reply, or several with the same avatar)."""
+        assert isinstance(avatar, WarpAvatar), "warp draws only avatars it prepared"
+        with torch.no_grad():
+            return render_frames(avatar.rig, inputs.to(self.device), avatar.backdrop)
+
     def render(
         self, avatar: WarpAvatar, speech: Speech, *, fps: int, start_time: float, n_frames: int
     ) -> Iterator[np.ndarray]:
-        """Yield uint8 (batch, height, width, 3) frames, exactly n_frames in total."""
-        controls = self.control_tensor(speech, fps=fps, start_time=start_time, n_frames=n_frames)
-        for i in range(0, n_frames, self.batch):
-            with torch.no_grad():
-                yield render_frames(avatar.rig, controls[i : i + self.batch].to(self.device), avatar.backdrop)
+        """One sentence on its own: uint8 (batch, height, width, 3) frames, exactly n_frames in total."""
+        return self.session(avatar, fps=fps).feed(speech, start_time=start_time, n_frames=n_frames)
 
 
 def render_frames(rig: Rig, controls: torch.Tensor, stage: Backdrop | None = None) -> np.ndarray:
