@@ -120,6 +120,18 @@ class ModelMissing(TalkTwinError):
     }
 
 
+class CheckpointError(TalkTwinError):
+    """A model file the user brought (a renderer's checkpoint) is missing, unreadable or of another
+    layout. Said once, at load, with what was expected and where the authors publish the file."""
+
+    code = "checkpoint_error"
+    messages = {
+        "en": "Cannot use the model file {path}: {problem}. Expected {layout}. The authors publish it at "
+        "{source}.",
+        "zh": "无法使用模型文件 {path}：{problem}。应为 {layout}。作者在 {source} 发布该文件。",
+    }
+
+
 class ChatModelCrashed(TalkTwinError):
     """The chat model's process died or stopped answering mid-reply (after the one retry)."""
 

@@ -1,0 +1,163 @@
+"""Wav2Lip: our generator against the official file's manifest, strict loading of a random-valued file
+in the official container, the clear error for a bad file, and the authors' mel front end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import PROJECT_ROOT
+from pipeline.errors import CheckpointError
+from pipeline.render import wav2lip_audio as A
+from pipeline.render.wav2lip_net import Wav2LipNet, load_wav2lip
+
+REFERENCE = PROJECT_ROOT.parent / "shared" / "reference" / "checkpoints"
+needs_reference = pytest.mark.skipif(
+    not (REFERENCE / "make_random_checkpoint.py").is_file(),
+    reason=f"the checkpoint manifests are not at {REFERENCE}",
+)
+
+
+def _manifest(name: str) -> dict:
+    return json.loads((REFERENCE / name).read_text())
+
+
+@pytest.fixture(scope="module")
+def random_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """wav2lip_gan.pth with random values, written by the shared script in the official container
+    (torch.save dict, legacy serialization, `module.` keys)."""
+    out = tmp_path_factory.mktemp("w2l") / "wav2lip_gan.pth"
+    script, manifest = REFERENCE / "make_random_checkpoint.py", REFERENCE / "wav2lip_gan.json"
+    subprocess.run(
+        [sys.executable, str(script), str(manifest), "-o", str(out), "--seed", "3"],
+        check=True,
+        capture_output=True,
+    )
+    return out
+
+
+# ---------------------------------------------------------------------------- the network and its file
+@needs_reference
+@pytest.mark.parametrize("manifest", ["wav2lip_gan.json", "wav2lip.json"])
+def test_state_dict_matches_the_official_manifest_exactly(manifest: str):
+    spec = _manifest(manifest)
+    ours = {
+        spec["key_prefix"] + k: (list(v.shape), str(v.dtype).removeprefix("torch."))
+        for k, v in Wav2LipNet().state_dict().items()
+    }
+    theirs = {k: (v["shape"], v["dtype"]) for k, v in spec["tensors"].items()}
+    assert list(ours) == list(theirs)  # same names, same order, nothing extra
+    assert ours == theirs  # same shapes and dtypes
+    params = sum(p.numel() for p in Wav2LipNet().parameters())
+    assert params == spec["params"] == 36_298_035
+
+
+@needs_reference
+def test_the_official_container_loads_strictly_and_runs(random_checkpoint: Path):
+    net = load_wav2lip(random_checkpoint)
+    stored = torch.load(random_checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, stored["module." + key]), key  # every tensor landed bit-exactly
+    assert not net.training
+    with torch.no_grad():
+        out = net(torch.zeros(2, 1, 80, 16), torch.rand(2, 6, 96, 96))
+    assert out.shape == (2, 3, 96, 96) and torch.all((out > 0) & (out < 1))
+
+
+@needs_reference
+def test_a_bad_file_gets_one_clear_error(random_checkpoint: Path, tmp_path: Path):
+    def refused(path: Path) -> str:
+        with pytest.raises(CheckpointError) as err:
+            load_wav2lip(path)
+        message = err.value.user_message("en")
+        assert str(path) in message and "352 tensors" in message and "github.com/Rudrabha/Wav2Lip" in message
+        assert str(path) in err.value.user_message("zh") and "作者" in err.value.user_message("zh")
+        assert "\n" not in message
+        return message
+
+    assert "does not exist" in refused(tmp_path / "missing.pth")
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(random_checkpoint.read_bytes()[:40_000_000])
+    assert "cannot be read" in refused(truncated)
+    text = tmp_path / "notes.pth"
+    text.write_text("not a checkpoint")
+    assert "cannot be read" in refused(text)
+    other = tmp_path / "other.pth"  # a real torch file of another model
+    torch.save({"state_dict": {"module.conv.weight": torch.zeros(3, 3)}}, other)
+    assert "352 tensors missing" in refused(other) and "1 unexpected" in refused(other)
+    plain = tmp_path / "plain.pth"
+    torch.save(Wav2LipNet().state_dict(), plain)  # tensors without the authors' container
+    assert "no 'state_dict'" in refused(plain)
+    reshaped = tmp_path / "reshaped.pth"
+    state = Wav2LipNet().state_dict()
+    state["output_block.1.weight"] = torch.zeros(3, 32, 3, 3)
+    torch.save({"state_dict": state}, reshaped)
+    assert (
+        "1 of another shape (e.g. output_block.1.weight (3, 32, 3, 3) instead of (3, 32, 1, 1))"
+        in refused(reshaped)
+    )
+
+
+# ---------------------------------------------------------------------------- the mel front end
+def test_slaney_mel_scale_and_filters():
+    assert A.hz_to_mel(1000.0) == pytest.approx(15.0)
+    assert A.hz_to_mel(200.0) == pytest.approx(3.0)
+    assert A.hz_to_mel(6400.0) == pytest.approx(42.0)  # 27 steps of log(6.4)/27 above 1 kHz
+    hz = np.array([55.0, 700.0, 1000.0, 3000.0, 7600.0])
+    assert np.allclose(A.mel_to_hz(A.hz_to_mel(hz)), hz)
+    fb = A.mel_filters()
+    assert fb.shape == (80, 401) and fb.min() >= 0
+    bin_hz = A.SAMPLE_RATE / A.N_FFT  # 20 Hz
+    areas = fb.sum(axis=1) * bin_hz
+    assert np.allclose(areas[40:], 1.0, atol=0.02)  # area normalised, where bands span many bins
+    peaks = np.argmax(fb, axis=1) * bin_hz
+    assert np.all(np.diff(peaks) >= 0) and 60 <= peaks[0] <= 100 and 7000 < peaks[-1] < 7600
+    assert fb[:, int(7700 / bin_hz) :].max() == 0 and fb[:, : int(50 / bin_hz)].max() == 0
+
+
+def test_mel_spectrogram_shape_range_and_pitch():
+    sr = A.SAMPLE_RATE
+    t = np.arange(sr) / sr
+    tone = (0.5 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32)
+    mel = A.mel_spectrogram(tone)
+    assert mel.shape == (80, 1 + sr // 200) and mel.dtype == np.float32
+    assert mel.min() >= -4 and mel.max() <= 4
+    centre = A.mel_filters()[:, 50]  # the bands that weigh the 1 kHz bin
+    assert abs(int(np.argmax(mel[:, 40])) - int(np.argmax(centre))) <= 1
+    assert np.all(A.mel_spectrogram(np.zeros(sr // 2, np.float32)) == -4)  # silence: the floor
+    assert A.mel_spectrogram(np.zeros(1234, np.float32)).shape == (80, 1 + 1234 // 200)
+    with pytest.raises(ValueError, match="NaN"):
+        A.mel_spectrogram(np.array([0.0, np.nan], np.float32))
+
+
+def test_mel_spectrogram_follows_the_formula():
+    """One frame by hand: pre-emphasis, reflect padding, periodic Hann, |rfft|, mel, dB, normalise."""
+    rng = np.random.default_rng(0)
+    wav = (rng.standard_normal(3000) * 0.1).astype(np.float64)
+    emphasised = np.concatenate([wav[:1], wav[1:] - 0.97 * wav[:-1]])
+    padded = np.pad(emphasised, 400, mode="reflect")
+    hann = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(800) / 800)
+    frame = 7
+    spectrum = np.abs(np.fft.rfft(padded[frame * 200 : frame * 200 + 800] * hann))
+    db = 20 * np.log10(np.maximum(A.mel_filters().astype(np.float64) @ spectrum, 1e-5)) - 20
+    want = np.clip(8 * (db + 100) / 100 - 4, -4, 4)
+    assert np.allclose(A.mel_spectrogram(wav.astype(np.float32))[:, frame], want, atol=2e-4)
+
+
+def test_mel_windows_per_video_frame():
+    mel = np.tile(np.arange(100, dtype=np.float32), (80, 1))  # column j holds j
+    windows = A.mel_windows(mel, fps=25, n_frames=30)
+    assert windows.shape == (30, 1, 80, 16)
+    starts = windows[:, 0, 0, 0].astype(int)
+    assert list(starts[:6]) == [0, 3, 6, 9, 12, 16]  # int(i * 3.2)
+    assert starts[-1] == 100 - 16  # past the end: the last 16 mel frames
+    later = A.mel_windows(mel, fps=25, n_frames=2, first_frame=10)
+    assert list(later[:, 0, 0, 0].astype(int)) == [32, 35]
+    short = A.mel_windows(np.zeros((80, 5), np.float32), fps=25, n_frames=2)
+    assert short.shape == (2, 1, 80, 16) and short[0, 0, 0, -1] == -4
