@@ -161,3 +161,140 @@ def test_mel_windows_per_video_frame():
     assert list(later[:, 0, 0, 0].astype(int)) == [32, 35]
     short = A.mel_windows(np.zeros((80, 5), np.float32), fps=25, n_frames=2)
     assert short.shape == (2, 1, 80, 16) and short[0, 0, 0, -1] == -4
+
+
+# ---------------------------------------------------------------------------- the backend
+def _settings(tmp_path: Path, checkpoint: Path, **env: str):
+    from pipeline.config import load_settings
+
+    return load_settings(
+        environ={
+            "TALKTWIN_PATHS__DATA_DIR": str(tmp_path / "data"),
+            "TALKTWIN_RENDER__BACKEND": "wav2lip",
+            "TALKTWIN_RENDER__WAV2LIP__CHECKPOINT": str(checkpoint),
+            "TALKTWIN_RENDER__DEVICE": "cpu",
+            "TALKTWIN_RENDER__SIZE": "256",
+            **env,
+        }
+    )
+
+
+def test_wav2lip_settings_and_a_missing_checkpoint_stops_the_start(tmp_path: Path):
+    from pipeline.config import load_settings
+    from pipeline.render.factory import build_renderer
+
+    default = load_settings(environ={})
+    assert default.render.wav2lip.checkpoint == Path("checkpoints/wav2lip/wav2lip_gan.pth")
+    settings = _settings(tmp_path, tmp_path / "mine.pth")
+    assert settings.render.backend_settings().checkpoint == tmp_path / "mine.pth"
+    with pytest.raises(CheckpointError, match=r"mine\.pth: the file does not exist"):
+        build_renderer(settings)  # no fallback to another renderer
+
+
+@needs_reference
+def test_a_reply_rendered_by_wav2lip(random_checkpoint: Path, tmp_path: Path):
+    """End to end through the pipeline (scripted answer, real voice and encoder): a valid H.264 + AAC
+    mp4 of the speech's length, the mouth region drawn by the generator, the rest of the face still."""
+    from memory.history import InProcessHistory
+    from pipeline.orchestrator import ReplyPipeline, ReplyRequest
+    from pipeline.render.factory import build_renderer
+    from pipeline.render.wav2lip import Wav2LipRenderer
+    from pipeline.tts.factory import build_synthesizer
+    from tests.helpers import NoRecognizer, ScriptedChat, probe_mp4
+
+    settings = _settings(tmp_path, random_checkpoint, TALKTWIN_TTS__BACKEND="piper")
+    renderer = build_renderer(settings)
+    assert isinstance(renderer, Wav2LipRenderer) and renderer.capabilities.batchable
+    pipeline = ReplyPipeline(
+        settings,
+        recognizer=NoRecognizer(),
+        chat_model=ScriptedChat("Hello there. This is a test."),
+        synthesizer=build_synthesizer(settings),
+        renderer=renderer,
+        context=InProcessHistory(),
+    )
+    result = pipeline.reply(ReplyRequest("test:w2l", text="Hi", format="video"), tmp_path / "reply.mp4")
+    info = probe_mp4(result.media_path)
+    assert (info.video_codec, info.audio_codec, info.width, info.height) == ("h264", "aac", 256, 256)
+    assert len(info.frames) == round(result.duration * 25)
+    assert abs(info.audio_duration - result.duration) < 0.1
+    avatar = renderer.prepare((PROJECT_ROOT / "assets" / "avatar.jpg").read_bytes(), 256)
+    y0, y1, x0, x1 = avatar.box
+    still = avatar.warp.rig.still.astype(int)
+    mouth = slice(y0 + (y1 - y0) * 2 // 3, y1 - 4), slice(x0 + (x1 - x0) // 3, x1 - (x1 - x0) // 3)
+    changed = np.abs(info.frames[:, mouth[0], mouth[1]].astype(int) - still[mouth]).mean()
+    unchanged = np.abs(info.frames[:, : y0 // 2].astype(int) - still[: y0 // 2]).mean()
+    assert changed > 8 > 3 > unchanged  # the random generator's mouth is pasted; the hair is the photo
+
+
+@needs_reference
+def test_wav2lip_shares_batches_and_forgets(random_checkpoint: Path, tmp_path: Path):
+    from memory.store import MemoryStore
+    from pipeline.render.factory import build_renderer
+    from pipeline.render.shared_batches import SharedBatchRenderer
+    from pipeline.render.warp import landmark_cache_files
+    from tests.test_render import _speech
+
+    settings = _settings(tmp_path, random_checkpoint, TALKTWIN_RENDER__SHARE_BATCHES="on")
+    shared = build_renderer(settings)
+    assert isinstance(shared, SharedBatchRenderer)
+    inner = shared.inner
+    photo = (PROJECT_ROOT / "assets" / "grace_hopper.jpg").read_bytes()
+    avatar = shared.prepare(photo, 256)
+    speech = _speech(0.2, 0.6)
+    together = np.concatenate(list(shared.session(avatar, fps=25).feed(speech, start_time=0.5, n_frames=20)))
+    alone = np.concatenate(list(inner.session(avatar, fps=25).feed(speech, start_time=0.5, n_frames=20)))
+    assert together.shape == (20, 256, 256, 3) and np.abs(together.astype(int) - alone.astype(int)).max() <= 1
+
+    store = MemoryStore.from_settings(settings)
+    store.set_avatar("test:w", photo)
+    store.forget("test:w")
+    assert not inner._avatars and not inner.warp._avatars  # the prepared photo, in memory ...
+    assert not landmark_cache_files(tmp_path / "data" / "cache" / "avatars", photo)  # ... and on disk
+    store.close()
+    shared.close()
+
+
+@pytest.mark.real_models
+@needs_reference
+def test_cli_reply_with_wav2lip_and_a_bad_checkpoint(random_checkpoint: Path, tmp_path: Path):
+    """`run_bots.py reply` with TALKTWIN_RENDER__BACKEND=wav2lip: a video of the answer with the user's
+    (here random) checkpoint; one clear line and exit code 1 for a truncated one."""
+    import os
+
+    from tests.helpers import probe_mp4
+
+    env = {
+        **os.environ,
+        "TALKTWIN_RENDER__BACKEND": "wav2lip",
+        "TALKTWIN_RENDER__WAV2LIP__CHECKPOINT": str(random_checkpoint),
+        "TALKTWIN_RENDER__SIZE": "256",
+        "TALKTWIN_PATHS__DATA_DIR": str(tmp_path / "data"),
+        "TALKTWIN_LLM__MAX_TOKENS": "24",
+    }
+    out = tmp_path / "reply.mp4"
+    cli = [
+        sys.executable,
+        str(PROJECT_ROOT / "run_bots.py"),
+        "reply",
+        "--text",
+        "Say hello.",
+        "--format",
+        "video",
+    ]
+    done = subprocess.run([*cli, "-o", str(out)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    info = probe_mp4(out)
+    assert (info.video_codec, info.audio_codec, info.width, info.height) == ("h264", "aac", 256, 256)
+    assert abs(len(info.frames) / 25 - info.audio_duration) < 0.1
+
+    truncated = tmp_path / "wav2lip_gan.pth"
+    truncated.write_bytes(random_checkpoint.read_bytes()[:1_000_000])
+    env["TALKTWIN_RENDER__WAV2LIP__CHECKPOINT"] = str(truncated)
+    failed = subprocess.run(
+        [*cli, "-o", str(tmp_path / "x.mp4")], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr
+    last = failed.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: Cannot use the model file {truncated}: it cannot be read")
+    assert "github.com/Rudrabha/Wav2Lip" in last and not (tmp_path / "x.mp4").exists()
