@@ -1,4 +1,4 @@
-"""Render speed of the warp renderer: frames per second at 256 and 512 px, batched.
+"""Render speed of the renderers: frames per second at 256 and 512 px, batched.
 
 Two figures per size: render only (controls, warps, mouth and lids, compositing: everything up to
 the uint8 frames the encoder gets) and render + encode (the same frames piped into VideoWriter's
@@ -10,7 +10,12 @@ workers do): total fps with each reply drawing its own batches, and with SharedB
 them (what the service uses on CUDA).
 
     .venv/bin/python -m bench.render_fps [--seconds 8] [--sizes 256 512] [--device cpu] [--frame photo]
-        [--replies 4]
+        [--replies 4] [--backends warp wav2lip] [--wav2lip-checkpoint PATH | --random-weights]
+
+Every backend is built as the service builds it (settings, then load) and driven through its render
+session. Neural backends need their checkpoint; `--random-weights` writes a random-valued file in the
+official layout from the shared manifests (../shared/reference/checkpoints/): random weights cost the
+same compute as real ones, so the speed is real (the pictures are not).
 
 Writes bench/results/render_fps_<device>.json.
 """
@@ -29,7 +34,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.config import load_settings
 from pipeline.media.video_output import VideoWriter
+from pipeline.render.base import AvatarRenderer, BatchRenderer
+from pipeline.render.factory import build_renderer
 from pipeline.render.shared_batches import SharedBatchRenderer
 from pipeline.render.variants import frame_size
 from pipeline.render.warp import WarpRenderer
@@ -49,32 +57,55 @@ def test_speech(seconds: float) -> Speech:
     return Speech("bench", "en", Audio((0.3 * tone * envelope).astype(np.float32), SR))
 
 
-def measure(size: int, seconds: float, batch: int, device: str, photo: bytes, frame: str = "square") -> dict:
-    renderer = WarpRenderer(device=device, batch=batch, seed=7, frame=frame)
+def build(backend: str, device: str, batch: int, frame: str, checkpoints: dict[str, Path]) -> AvatarRenderer:
+    """The renderer as the service builds it (never shared batches here), loaded."""
+    if backend == "warp":
+        return WarpRenderer(device=device, batch=batch, seed=7, frame=frame)
+    env = {
+        "TALKTWIN_RENDER__BACKEND": backend,
+        "TALKTWIN_RENDER__DEVICE": device,
+        "TALKTWIN_RENDER__BATCH": str(batch),
+        "TALKTWIN_RENDER__SHARE_BATCHES": "off",
+        "TALKTWIN_PATHS__DATA_DIR": tempfile.mkdtemp(prefix="render_fps_"),
+    }
+    if backend in checkpoints:
+        env[f"TALKTWIN_RENDER__{backend.upper()}__CHECKPOINT"] = str(checkpoints[backend])
+    return build_renderer(load_settings(environ=env))
+
+
+def _frames(renderer: AvatarRenderer, avatar, speech: Speech, n: int):
+    session = renderer.session(avatar, fps=FPS)
+    yield from session.feed(speech, start_time=0.0, n_frames=n)
+    yield from session.finish()
+
+
+def measure(renderer: AvatarRenderer, size: int, seconds: float, batch: int, photo: bytes) -> dict:
     t0 = time.perf_counter()
     avatar = renderer.prepare(photo, size)
     prepare_s = time.perf_counter() - t0
     speech = test_speech(seconds)
     n = round(seconds * FPS)
-    for _ in renderer.render(avatar, speech, fps=FPS, start_time=0.0, n_frames=2 * batch):
+    gpu = renderer.capabilities.gpu
+    for _ in _frames(renderer, avatar, speech, 2 * batch):
         pass  # warm-up: allocator, kernels
-    if renderer.device.type == "cuda":
+    if gpu:
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    for _frames in renderer.render(avatar, speech, fps=FPS, start_time=0.0, n_frames=n):
+    for _frames_batch in _frames(renderer, avatar, speech, n):
         pass
     render_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         width, height = frame_size(avatar)
         writer = VideoWriter(Path(tmp) / "bench.mp4", width, FPS, height=height)
-        for frames in renderer.render(avatar, speech, fps=FPS, start_time=0.0, n_frames=n):
+        for frames in _frames(renderer, avatar, speech, n):
             writer.write(frames)
         writer.finish(speech.audio)
         total_s = time.perf_counter() - t0
     return {
+        "backend": renderer.name,
         "size": size,
-        "frame": f"{frame} {avatar.width}x{avatar.height}",
+        "frame": f"{getattr(avatar, 'frame', 'square')} {avatar.width}x{avatar.height}",
         "batch": batch,
         "frames": n,
         "prepare_s": round(prepare_s, 3),
@@ -84,9 +115,10 @@ def measure(size: int, seconds: float, batch: int, device: str, photo: bytes, fr
     }
 
 
-def measure_replies(size: int, seconds: float, batch: int, device: str, photo: bytes, replies: int) -> dict:
+def measure_replies(
+    inner: BatchRenderer, size: int, seconds: float, batch: int, photo: bytes, replies: int
+) -> dict:
     """Total render fps of `replies` concurrent replies (same photo), separate vs shared batches."""
-    inner = WarpRenderer(device=device, batch=batch, seed=7)
     avatar = inner.prepare(photo, size)
     speech, n = test_speech(seconds), round(seconds * FPS)
 
@@ -95,7 +127,7 @@ def measure_replies(size: int, seconds: float, batch: int, device: str, photo: b
 
         def reply() -> None:
             start.wait()
-            for _frames in renderer.render(avatar, speech, fps=FPS, start_time=0.0, n_frames=n):
+            for _frames_batch in _frames(renderer, avatar, speech, n):
                 pass
 
         threads = [threading.Thread(target=reply) for _ in range(replies)]
@@ -105,7 +137,7 @@ def measure_replies(size: int, seconds: float, batch: int, device: str, photo: b
         t0 = time.perf_counter()
         for t in threads:
             t.join()
-        if inner.device.type == "cuda":
+        if inner.capabilities.gpu:
             torch.cuda.synchronize()
         return replies * n / (time.perf_counter() - t0)
 
@@ -115,6 +147,7 @@ def measure_replies(size: int, seconds: float, batch: int, device: str, photo: b
     stats = shared.stats
     shared.close()
     return {
+        "backend": inner.name,
         "size": size,
         "replies": replies,
         "batch": batch,
@@ -133,12 +166,21 @@ def main() -> None:
     parser.add_argument("--photo", type=Path, default=ROOT / "assets" / "avatar.jpg")
     parser.add_argument("--frame", choices=["square", "photo"], default="square")
     parser.add_argument("--replies", type=int, default=0, help="also measure N concurrent replies")
+    parser.add_argument("--backends", nargs="*", default=["warp"])
+    parser.add_argument("--wav2lip-checkpoint", type=Path, default=None)
+    parser.add_argument(
+        "--random-weights", action="store_true", help="random checkpoints in the official layout"
+    )
     args = parser.parse_args()
     photo = args.photo.read_bytes()
     t0 = time.perf_counter()
     WarpRenderer(device=args.device).prepare(photo, 256)
     cold = time.perf_counter() - t0
-    rows = [measure(size, args.seconds, args.batch, args.device, photo, args.frame) for size in args.sizes]
+    checkpoints = {"wav2lip": args.wav2lip_checkpoint} if args.wav2lip_checkpoint else {}
+    if args.random_weights and "wav2lip" in args.backends and "wav2lip" not in checkpoints:
+        checkpoints["wav2lip"] = random_checkpoint("wav2lip_gan.json")
+    renderers = [build(b, args.device, args.batch, args.frame, checkpoints) for b in args.backends]
+    rows = [measure(r, size, args.seconds, args.batch, photo) for r in renderers for size in args.sizes]
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"{os.cpu_count()} CPU cores"
     result = {
         "device": device,
@@ -150,23 +192,38 @@ def main() -> None:
     }
     if args.replies:
         result["concurrent"] = [
-            measure_replies(size, args.seconds, args.batch, args.device, photo, args.replies)
+            measure_replies(r, size, args.seconds, args.batch, photo, args.replies)  # type: ignore[arg-type]
+            for r in renderers
+            if r.capabilities.batchable
             for size in args.sizes
         ]
         for r in result["concurrent"]:
             print(
-                f"{r['size']} px, {r['replies']} replies at once: {r['separate_fps']} fps drawing "
-                f"separately, {r['shared_fps']} fps in shared batches ({r['chunks_per_draw']} chunks/draw)"
+                f"{r['backend']} {r['size']} px, {r['replies']} replies at once: "
+                f"{r['separate_fps']} fps drawing separately, {r['shared_fps']} fps in shared batches "
+                f"({r['chunks_per_draw']} chunks/draw)"
             )
     for r in rows:
         print(
-            f"{r['size']} px ({r['frame']}) batch {r['batch']}: render {r['render_fps']} fps, "
+            f"{r['backend']} {r['size']} px ({r['frame']}) batch {r['batch']}: render {r['render_fps']} fps, "
             f"render+encode {r['render_encode_fps']} fps, prepare {r['prepare_s']} s"
         )
     print(f"prepare (cold, first photo): {cold:.2f} s on {device}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = ("cuda" if args.device == "cuda" else "cpu") + ("" if args.frame == "square" else f"_{args.frame}")
     (RESULTS / f"render_fps_{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+def random_checkpoint(manifest: str) -> Path:
+    """A random-valued file in the official container, written by the shared reference script."""
+    import subprocess
+    import sys
+
+    reference = ROOT.parent / "shared" / "reference" / "checkpoints"
+    out = Path(tempfile.mkdtemp(prefix="random_ckpt_")) / manifest.replace(".json", ".pth")
+    script = reference / "make_random_checkpoint.py"
+    subprocess.run([sys.executable, str(script), str(reference / manifest), "-o", str(out)], check=True)
+    return out
 
 
 if __name__ == "__main__":
