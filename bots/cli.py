@@ -138,7 +138,31 @@ def models_command(settings: Settings, action: str) -> int:
         return 0
     for name, installed, path, description in store.describe():
         print(f"{'✓' if installed else '✗'} {name:22} {description}\n    {path}")
-    return 0 if all(row[1] for row in store.describe()) else 1
+    ok = all(row[1] for row in store.describe())
+    return 0 if _list_renderer_files(settings) and ok else 1
+
+
+def _list_renderer_files(settings: Settings) -> bool:
+    """The renderers' model files the user brings (never installed by us): present and valid or why
+    not. False when the configured renderer's own files are unusable."""
+    from pipeline.render.registry import backends
+
+    ok = True
+    header = False
+    for backend in backends().values():
+        if backend.check_files is None:
+            continue
+        if not header:
+            print("Renderer checkpoints (your own files; `models install` does not fetch them):")
+            header = True
+        configured = backend.name == settings.render.backend
+        for path, problem in backend.check_files(settings):
+            mark = "✓" if problem is None else "✗"
+            state = "valid" if problem is None else problem
+            used = " (configured renderer)" if configured else ""
+            print(f"{mark} {backend.name:22} {state}{used}\n    {path}")
+            ok = ok and (problem is None or not configured)
+    return ok
 
 
 def reply_command(settings: Settings, args: argparse.Namespace) -> int:

@@ -298,3 +298,21 @@ def test_cli_reply_with_wav2lip_and_a_bad_checkpoint(random_checkpoint: Path, tm
     last = failed.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: Cannot use the model file {truncated}: it cannot be read")
     assert "github.com/Rudrabha/Wav2Lip" in last and not (tmp_path / "x.mp4").exists()
+
+
+@needs_reference
+def test_models_list_checks_the_renderer_checkpoints(random_checkpoint: Path, tmp_path: Path):
+    import os
+
+    def models_list(**env: str) -> subprocess.CompletedProcess:
+        cli = [sys.executable, str(PROJECT_ROOT / "run_bots.py"), "models", "list"]
+        return subprocess.run(cli, env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
+
+    good = models_list(TALKTWIN_RENDER__WAV2LIP__CHECKPOINT=str(random_checkpoint))
+    assert good.returncode == 0 and "✓ wav2lip" in good.stdout and str(random_checkpoint) in good.stdout
+    broken = tmp_path / "wav2lip_gan.pth"
+    broken.write_bytes(random_checkpoint.read_bytes()[:100_000])
+    unused = models_list(TALKTWIN_RENDER__WAV2LIP__CHECKPOINT=str(broken))
+    assert unused.returncode == 0 and "✗ wav2lip" in unused.stdout and "cannot be read" in unused.stdout
+    used = models_list(TALKTWIN_RENDER__WAV2LIP__CHECKPOINT=str(broken), TALKTWIN_RENDER__BACKEND="wav2lip")
+    assert used.returncode == 1 and "(configured renderer)" in used.stdout

@@ -43,6 +43,9 @@ class Backend:
     forget_cached: Callable[[Settings, bytes], None] | None = None
     # One line for the operator: what it is and what it needs.
     summary: str = ""
+    # The model files the user brings, checked without building the renderer: (path, None when it is
+    # usable, else why not). `models list` shows them.
+    check_files: Callable[[Settings], list[tuple[Path, str | None]]] | None = None
 
 
 _backends: dict[str, Backend] = {}

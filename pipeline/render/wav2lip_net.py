@@ -125,6 +125,15 @@ class Wav2LipNet(nn.Module):
         return torch.sigmoid(self.output_block(x))
 
 
+def check_wav2lip(path: Path) -> str | None:
+    """None when `path` loads strictly, else the problem (for `models list`)."""
+    try:
+        load_wav2lip(path)
+    except CheckpointError as e:
+        return str(e.params["problem"])
+    return None
+
+
 def load_wav2lip(path: Path, device: torch.device | str = "cpu") -> Wav2LipNet:
     """The generator with the weights of `path`, in eval mode; every key and shape must match.
 

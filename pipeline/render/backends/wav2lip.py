@@ -47,12 +47,22 @@ def _build(settings: Settings) -> AvatarRenderer:
     )
 
 
+def _check_files(settings: Settings) -> list[tuple[Path, str | None]]:
+    from pipeline.render.wav2lip_net import check_wav2lip
+
+    own = settings.render.backend_settings("wav2lip")
+    assert isinstance(own, Wav2LipSettings)
+    path = settings.resolve(own.checkpoint)
+    return [(path, check_wav2lip(path))]
+
+
 # Its only per-photo files on disk are the warp renderer's landmarks, which warp's forget removes.
 register(
     Backend(
         "wav2lip",
         build=_build,
         settings=Wav2LipSettings,
+        check_files=_check_files,
         summary="the authors' Wav2Lip generator for the mouth (your wav2lip_gan.pth), warp for the rest",
     )
 )
