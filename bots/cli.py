@@ -120,7 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     # No command: the service (web page and API, plus every bot that has a token)
     from bots.runtime import serve
 
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except TalkTwinError as e:  # at start: a model file missing or unusable (the renderer's checkpoint)
+        print(f"error: {e.user_message(_ui_language())}", file=sys.stderr)
+        return 1
     return 0
 
 

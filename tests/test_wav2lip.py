@@ -316,3 +316,32 @@ def test_models_list_checks_the_renderer_checkpoints(random_checkpoint: Path, tm
     assert unused.returncode == 0 and "✗ wav2lip" in unused.stdout and "cannot be read" in unused.stdout
     used = models_list(TALKTWIN_RENDER__WAV2LIP__CHECKPOINT=str(broken), TALKTWIN_RENDER__BACKEND="wav2lip")
     assert used.returncode == 1 and "(configured renderer)" in used.stdout
+
+
+@pytest.mark.real_models
+def test_the_service_refuses_to_start_with_a_missing_checkpoint(tmp_path: Path):
+    """`make run` with backend = wav2lip and no file: one clear line and exit code 1, not a traceback
+    and not a service that quietly renders with warp."""
+    import os
+
+    env = {
+        **os.environ,
+        "TALKTWIN_RENDER__BACKEND": "wav2lip",
+        "TALKTWIN_RENDER__WAV2LIP__CHECKPOINT": str(tmp_path / "wav2lip_gan.pth"),
+        "TALKTWIN_PATHS__DATA_DIR": str(tmp_path / "data"),
+        "TALKTWIN_HTTP_PORT": "7979",
+    }
+    for name in ("TELEGRAM_BOT_TOKEN", "DISCORD_BOT_TOKEN"):
+        env.pop(name, None)
+    done = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "run_bots.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        f"error: Cannot use the model file {tmp_path / 'wav2lip_gan.pth'}: the file does not"
+    )
