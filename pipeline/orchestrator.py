@@ -136,6 +136,12 @@ class ReplyPipeline:
         )
 
     # ------------------------------------------------------------------ public API
+    def close(self) -> None:
+        """Stop what runs outside this process: the embedded chat model's server."""
+        close = getattr(self.chat_model, "close", None)
+        if callable(close):
+            close()
+
     def prepare_avatar(self, image: bytes | None = None) -> PreparedAvatar:
         """Check and analyse a photo (cached by content); None = the default avatar."""
         return self.renderer.prepare(image or self._default_avatar_bytes, self.settings.render.size)
