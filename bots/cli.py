@@ -117,11 +117,17 @@ def main(argv: list[str] | None = None) -> int:
     except BadArgument as e:
         print(f"error: {e.messages[_ui_language()]}", file=sys.stderr)
         return 2
+    except ConfigError as e:  # settings that only building a stage can judge (a renderer's options)
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
     # No command: the service (web page and API, plus every bot that has a token)
     from bots.runtime import serve
 
     try:
         asyncio.run(serve(settings))
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
     except TalkTwinError as e:  # at start: a model file missing or unusable (the renderer's checkpoint)
         print(f"error: {e.user_message(_ui_language())}", file=sys.stderr)
         return 1

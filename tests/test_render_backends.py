@@ -271,3 +271,19 @@ def test_forget_drops_every_backends_caches_of_the_photo(fake_backend: Backend, 
     assert landmark_cache_files(cache, other) and (cache / "fake" / f"{_fake_key(other)}.box").exists()
     assert sum(key.startswith(_fake_key(other)[:32]) for key in warp._avatars) == 2
     store.close()
+
+
+def test_a_setting_only_the_build_can_judge_is_one_line_from_the_cli(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    from bots import cli
+
+    def build_fails(settings, args):
+        raise ConfigError("render.share_batches: the fake renderer cannot share batches; use auto or off")
+
+    monkeypatch.setattr(cli, "reply_command", build_fails)
+    assert cli.main(["reply", "--text", "hi"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "config error: render.share_batches: the fake renderer cannot share batches; use auto or off"
+    ]
