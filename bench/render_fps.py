@@ -14,8 +14,8 @@ them (what the service uses on CUDA).
 
 Every backend is built as the service builds it (settings, then load) and driven through its render
 session. Neural backends need their checkpoint; `--random-weights` writes a random-valued file in the
-official layout from the shared manifests (../shared/reference/checkpoints/): random weights cost the
-same compute as real ones, so the speed is real (the pictures are not).
+official layout (tests/data/checkpoint_layouts/): random weights cost the same compute as real ones,
+so the speed is real (the pictures are not).
 
 Writes bench/results/render_fps_<device>.json.
 """
@@ -215,15 +215,11 @@ def main() -> None:
 
 
 def random_checkpoint(manifest: str) -> Path:
-    """A random-valued file in the official container, written by the shared reference script."""
-    import subprocess
-    import sys
+    """A random-valued file in the official container, from the layout in tests/data/checkpoint_layouts."""
+    from tests.checkpoint_files import load_layout, write_random_checkpoint
 
-    reference = ROOT.parent / "shared" / "reference" / "checkpoints"
     out = Path(tempfile.mkdtemp(prefix="random_ckpt_")) / manifest.replace(".json", ".pth")
-    script = reference / "make_random_checkpoint.py"
-    subprocess.run([sys.executable, str(script), str(reference / manifest), "-o", str(out)], check=True)
-    return out
+    return write_random_checkpoint(load_layout(manifest), out)
 
 
 if __name__ == "__main__":

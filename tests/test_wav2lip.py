@@ -3,7 +3,6 @@ in the official container, the clear error for a bad file, and the authors' mel 
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -16,34 +15,22 @@ from pipeline.config import PROJECT_ROOT
 from pipeline.errors import CheckpointError
 from pipeline.render import wav2lip_audio as A
 from pipeline.render.wav2lip_net import Wav2LipNet, load_wav2lip
-
-REFERENCE = PROJECT_ROOT.parent / "shared" / "reference" / "checkpoints"
-needs_reference = pytest.mark.skipif(
-    not (REFERENCE / "make_random_checkpoint.py").is_file(),
-    reason=f"the checkpoint manifests are not at {REFERENCE}",
-)
+from tests.checkpoint_files import load_layout, write_random_checkpoint
 
 
 def _manifest(name: str) -> dict:
-    return json.loads((REFERENCE / name).read_text())
+    return load_layout(name)
 
 
 @pytest.fixture(scope="module")
 def random_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """wav2lip_gan.pth with random values, written by the shared script in the official container
-    (torch.save dict, legacy serialization, `module.` keys)."""
+    """wav2lip_gan.pth with random values in the official container (torch.save dict, legacy
+    serialization, `module.` keys), from the layout in tests/data/checkpoint_layouts."""
     out = tmp_path_factory.mktemp("w2l") / "wav2lip_gan.pth"
-    script, manifest = REFERENCE / "make_random_checkpoint.py", REFERENCE / "wav2lip_gan.json"
-    subprocess.run(
-        [sys.executable, str(script), str(manifest), "-o", str(out), "--seed", "3"],
-        check=True,
-        capture_output=True,
-    )
-    return out
+    return write_random_checkpoint(load_layout("wav2lip_gan.json"), out, seed=3)
 
 
 # ---------------------------------------------------------------------------- the network and its file
-@needs_reference
 @pytest.mark.parametrize("manifest", ["wav2lip_gan.json", "wav2lip.json"])
 def test_state_dict_matches_the_official_manifest_exactly(manifest: str):
     spec = _manifest(manifest)
@@ -58,7 +45,6 @@ def test_state_dict_matches_the_official_manifest_exactly(manifest: str):
     assert params == spec["params"] == 36_298_035
 
 
-@needs_reference
 def test_the_official_container_loads_strictly_and_runs(random_checkpoint: Path):
     net = load_wav2lip(random_checkpoint)
     stored = torch.load(random_checkpoint, map_location="cpu", weights_only=True)["state_dict"]
@@ -70,7 +56,6 @@ def test_the_official_container_loads_strictly_and_runs(random_checkpoint: Path)
     assert out.shape == (2, 3, 96, 96) and torch.all((out > 0) & (out < 1))
 
 
-@needs_reference
 def test_a_bad_file_gets_one_clear_error(random_checkpoint: Path, tmp_path: Path):
     def refused(path: Path) -> str:
         with pytest.raises(CheckpointError) as err:
@@ -191,7 +176,6 @@ def test_wav2lip_settings_and_a_missing_checkpoint_stops_the_start(tmp_path: Pat
         build_renderer(settings)  # no fallback to another renderer
 
 
-@needs_reference
 def test_a_reply_rendered_by_wav2lip(random_checkpoint: Path, tmp_path: Path):
     """End to end through the pipeline (scripted answer, real voice and encoder): a valid H.264 + AAC
     mp4 of the speech's length, the mouth region drawn by the generator, the rest of the face still."""
@@ -227,7 +211,6 @@ def test_a_reply_rendered_by_wav2lip(random_checkpoint: Path, tmp_path: Path):
     assert changed > 8 > 3 > unchanged  # the random generator's mouth is pasted; the hair is the photo
 
 
-@needs_reference
 def test_wav2lip_shares_batches_and_forgets(random_checkpoint: Path, tmp_path: Path):
     from memory.store import MemoryStore
     from pipeline.render.factory import build_renderer
@@ -256,7 +239,6 @@ def test_wav2lip_shares_batches_and_forgets(random_checkpoint: Path, tmp_path: P
 
 
 @pytest.mark.real_models
-@needs_reference
 def test_cli_reply_with_wav2lip_and_a_bad_checkpoint(random_checkpoint: Path, tmp_path: Path):
     """`run_bots.py reply` with TALKTWIN_RENDER__BACKEND=wav2lip: a video of the answer with the user's
     (here random) checkpoint; one clear line and exit code 1 for a truncated one."""
@@ -300,7 +282,6 @@ def test_cli_reply_with_wav2lip_and_a_bad_checkpoint(random_checkpoint: Path, tm
     assert "github.com/Rudrabha/Wav2Lip" in last and not (tmp_path / "x.mp4").exists()
 
 
-@needs_reference
 def test_models_list_checks_the_renderer_checkpoints(random_checkpoint: Path, tmp_path: Path):
     import os
 
