@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -483,6 +484,9 @@ class AnswerPlan:
     # What the user said about themselves (remembered notes, their earlier turns), when the question is
     # about them: the answer is held and turned round where it speaks these as "I".
     user_statements: tuple[str, ...] = ()
+    # Longest an answer is held for checking: what there is by then is let through unchecked, well
+    # before the pipeline's own limit for the model (past which it speaks only what it was given).
+    hold_limit_s: float = 48.0
 
 
 class Prompt(list[ChatMessage]):
@@ -494,10 +498,12 @@ class Prompt(list[ChatMessage]):
         self.plan = plan
 
 
-def plan_answer(question: str, language: str, context: ReplyContext) -> AnswerPlan:
+def plan_answer(
+    question: str, language: str, context: ReplyContext, *, time_limit_s: float = 60.0
+) -> AnswerPlan:
     """What to do for `question`: a fixed answer (a request the twin cannot do, or a fact about the
     user it was never told), a framed long text, or the model's answer checked against what the user
-    said about themselves."""
+    said about themselves. `time_limit_s` is how long the pipeline lets the model write."""
     monologue = _weight(_tokens(question)) >= MONOLOGUE_WORDS
     # a long text that mentions a call or a reminder in passing is a text to respond to, not an order
     fixed = None if monologue else (cannot_do(question, language) or about_twin(question, language))
@@ -512,7 +518,9 @@ def plan_answer(question: str, language: str, context: ReplyContext) -> AnswerPl
             return AnswerPlan(
                 question, language, fixed=UNKNOWN_FACT[language == "zh"], fixed_kind="unknown fact"
             )
-    return AnswerPlan(question, language, monologue=monologue, user_statements=statements)
+    return AnswerPlan(
+        question, language, monologue=monologue, user_statements=statements, hold_limit_s=0.8 * time_limit_s
+    )
 
 
 def notes_block(notes: Sequence[str], language: str) -> str:
@@ -602,8 +610,9 @@ def respond(
 
     Pieces are yielded as `ChatModel.stream` yields them and the finish reason is returned. An answer
     is held back: wholly for a long text or a question about the user (both are short answers), for
-    its first sentence or `LOOK_AHEAD_WORDS` words otherwise. While held, empty pieces are yielded so
-    the caller can still cancel or time out between tokens. A copied or refused answer is
+    its first sentence or `LOOK_AHEAD_WORDS` words otherwise, and never past the plan's
+    `hold_limit_s`. While held, empty pieces are yielded so the caller can still cancel between
+    tokens. A copied or refused answer is
     asked for once more; a second copy is replaced by an honest line. An answer the model finished
     without a closing mark ("Paris") gets one, so its subtitles and the stored turn read as a sentence.
     """
@@ -622,8 +631,11 @@ _END_MARKS = tuple(".!?。！？…\"'”’)）」』")
 
 
 def _closed(stream: ChatStream, language: str) -> ChatStream:
-    """`stream`, with a full stop after an answer the model ended (finish "stop") without one."""
-    last = ""
+    """`stream`, with a full stop after an answer the model ended (finish "stop") without one.
+
+    Trailing spaces of a piece wait for the next one, so the mark follows the last word directly.
+    """
+    last, spaces = "", ""
     try:
         while True:
             try:
@@ -631,9 +643,16 @@ def _closed(stream: ChatStream, language: str) -> ChatStream:
             except StopIteration as done:
                 if done.value == "stop" and last and not last.endswith(_END_MARKS):
                     yield "。" if language == "zh" else "."
+                elif spaces:
+                    yield spaces
                 return done.value
-            last = piece.rstrip() or last
-            yield piece
+            body = piece.rstrip()
+            if not body:
+                spaces += piece
+                yield ""  # still a turn for the caller
+                continue
+            yield spaces + body
+            last, spaces = body, piece[len(body) :]
     finally:
         stream.close()
 
@@ -648,25 +667,29 @@ def _planned(
 ) -> ChatStream:
     """The model's answer with the plan's checks: held, judged, asked once more when it copied the
     message or refused an ordinary one."""
+    release_at = time.monotonic() + plan.hold_limit_s
     stream = chat_model.stream(messages, max_tokens=max_tokens, temperature=temperature)
     hold_all = plan.monologue or bool(plan.user_statements)
     retry: ChatStream | None = None
     try:
-        answer, finish = yield from _held(stream, None if hold_all else LOOK_AHEAD_WORDS)
+        answer, finish = yield from _held(stream, None if hold_all else LOOK_AHEAD_WORDS, release_at)
         copied, refused = is_parroting(answer, plan.question), is_refusal(answer)
-        if copied or refused:
+        if (copied or refused) and time.monotonic() < release_at:
             stream.close()
             log.info(
                 "answer policy: the answer %s; asking once more",
                 "copied the message" if copied else "refused",
             )
             again = [*messages[:-1], ChatMessage("user", user_turn(plan, strict=True))]
-            retry = chat_model.stream(again, max_tokens=max_tokens, temperature=min(temperature, 0.3))
-            answer, finish = yield from _held(retry, None)
-            if is_parroting(answer, plan.question):
-                log.info("answer policy: copied again; answering with a fixed line")
-                fallback = COPY_FALLBACK if plan.monologue else SHORT_COPY_FALLBACK
-                answer, finish = fallback[plan.language == "zh"], "stop"
+            stream = retry = chat_model.stream(
+                again, max_tokens=max_tokens, temperature=min(temperature, 0.3)
+            )
+            answer, finish = yield from _held(retry, None, release_at)
+            copied = is_parroting(answer, plan.question)
+        if copied:
+            log.info("answer policy: copied again; answering with a fixed line")
+            fallback = COPY_FALLBACK if plan.monologue else SHORT_COPY_FALLBACK
+            answer, finish = fallback[plan.language == "zh"], "stop"
         if plan.user_statements:
             turned = speak_to_user(answer, plan.user_statements, plan.question, plan.language)
             if turned != answer:
@@ -674,7 +697,7 @@ def _planned(
                 answer = turned
         if answer:
             yield answer
-        if finish is _MORE:  # only the look-ahead was held: the rest streams as it comes
+        if finish is _MORE:  # only the look-ahead (or what came in time) was held: the rest streams on
             return (yield from stream)
         return finish
     finally:  # also when the caller stops early (cancel, time limit): no model keeps writing
@@ -683,18 +706,19 @@ def _planned(
             retry.close()
 
 
-_MORE = object()  # _held stopped at its look-ahead: the stream goes on
+_MORE = object()  # _held stopped early: the stream goes on
 
 
-def _held(stream: ChatStream, words: float | None) -> Generator[str, None, tuple[str, Any]]:
+def _held(
+    stream: ChatStream, words: float | None, release_at: float
+) -> Generator[str, None, tuple[str, Any]]:
     """Read `stream` to its end, or (with `words`) until that many English-word units of it are read
-    or its first sentence of four or more is complete; returns (text, finish reason), the reason
-    being `_MORE` when it stopped early and the stream goes on.
+    or its first sentence of four or more is complete, or until `release_at` (monotonic time);
+    returns (text, finish reason), the reason being `_MORE` when it stopped early and the stream
+    goes on.
 
-    An empty piece is yielded per piece read, so the caller can cancel or time out meanwhile. A time
-    limit during a look-ahead costs nothing spoken: what it held is an unfinished first sentence,
-    which the pipeline drops at a time limit anyway. One during a whole held answer loses it (the
-    pipeline then says it has no answer); at 60 s for a short answer the model has stopped working.
+    An empty piece is yielded per piece read, so the caller can cancel or time out meanwhile; the
+    release comes before the caller's time limit, so a slow model's answer is not lost in the hold.
     """
     pieces: list[str] = []
     while True:
@@ -702,8 +726,10 @@ def _held(stream: ChatStream, words: float | None) -> Generator[str, None, tuple
             pieces.append(next(stream))
         except StopIteration as done:
             return "".join(pieces), done.value
+        text = "".join(pieces)
+        if time.monotonic() >= release_at:
+            return text, _MORE
         if words is not None:
-            text = "".join(pieces)
             weight = _weight(_tokens(text))
             if weight >= words or (weight >= 4 and _SENTENCE_END.search(text)):
                 return text, _MORE

@@ -259,7 +259,9 @@ class ReplyPipeline:
         """The prompt, with the answer policy's plan for it (pipeline/answer_policy.py): a request the
         twin cannot do gets a fixed answer, a long text is framed, the user's notes are marked as theirs."""
         llm = self.settings.llm
-        plan = answer_policy.plan_answer(question, language, context)
+        plan = answer_policy.plan_answer(
+            question, language, context, time_limit_s=self.settings.reply.llm_timeout_s
+        )
         system = llm.persona_zh if language == "zh" else llm.persona_en
         if context.notes:
             system += answer_policy.notes_block(context.notes, language)

@@ -3,6 +3,7 @@ the twin's own (pipeline/answer_policy.py), alone and through the pipeline's pro
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -432,10 +433,31 @@ def test_the_look_ahead_ends_at_the_first_sentence_and_lets_the_caller_cancel_me
 
     # a time limit stops reading after the next piece: the first sentence is that piece, not held back
     stream = respond(Stalling(), messages_for("Hi there, how are you today?"), max_tokens=96, temperature=0)  # type: ignore[arg-type]
-    assert next(stream) == "This first sentence arrives quickly. "
+    assert next(stream) == "This first sentence arrives quickly."  # its space comes with the next word
     stream.close()
     # before a first sentence is complete, each piece read gives the caller a turn (empty)
     chat = FakeChat("one two three four five six seven eight nine ten.")
     stream = respond(chat, messages_for("Count for me, please, slowly."), max_tokens=96, temperature=0)
     assert [next(stream) for _ in range(3)] == ["", "", ""]
     stream.close()
+
+
+def test_a_slow_answer_is_let_through_before_the_models_time_limit():
+    class Slow:
+        def stream(
+            self, messages: Sequence[ChatMessage], *, max_tokens: int, temperature: float
+        ) -> ChatStream:
+            words = "Diane's package has not arrived yet and she asks for a call back"
+            for word in words.split(" "):
+                time.sleep(0.05)
+                yield word + " "
+            return "stop"
+
+    plan = plan_answer(TRANSCRIPT, "en", ReplyContext(), time_limit_s=0.5)  # released after 0.4 s
+    messages = Prompt([ChatMessage("user", TRANSCRIPT)], plan)
+    stream = respond(Slow(), messages, max_tokens=96, temperature=0)  # type: ignore[arg-type]
+    pieces = []
+    while not (piece := next(stream)):
+        pieces.append(piece)
+    assert 4 <= len(pieces) <= 9 and piece.startswith("Diane's package")  # held ~0.4 s, then let through
+    assert run(stream)[0].endswith("call back.")  # and the rest streams on
