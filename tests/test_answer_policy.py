@@ -461,3 +461,29 @@ def test_a_slow_answer_is_let_through_before_the_models_time_limit():
         pieces.append(piece)
     assert 4 <= len(pieces) <= 9 and piece.startswith("Diane's package")  # held ~0.4 s, then let through
     assert run(stream)[0].endswith("call back.")  # and the rest streams on
+
+
+# ------------------------------------------------------------------------------ the evaluation's checks
+def test_the_evaluation_flags_the_failures_the_issue_measured_and_passes_honest_answers():
+    from bench.answer_eval import check, load_items
+
+    items = {i["id"]: i for i in load_items()}
+    assert "false_claim" in check(
+        items["capability-en"], "You can control your computer using voice commands.", False
+    )
+    assert {"language_mix", "invented"} <= set(check(items["fruit-zh"], "我的最喜欢水果是 mangoes。", False))
+    assert "role_confusion" in check(items["recall-name-en"], "My name is Marcus.", False)
+    assert {"parroting", "wrong_language"} <= set(
+        check(items["translate-zh"], "Luck is a dividend of sweat.", False)
+    )
+    assert "mid_sentence" in check(items["story-moon-zh"], "月亮每天晚上都会出来，这可能是你的", False)
+    assert "false_claim" in check(items["alarm-zh"], "好的，我帮你设置了一个七点的闹钟。", False)
+    assert "wrong_identity" in check(items["identity-maker-zh"], "我是由OpenAI开发的。", False)
+    assert "wrongly_refused" in check(items["alarm-history-en"], CANNOT["alarm"][0], True)
+
+    assert check(items["alarm-zh"], CANNOT["alarm"][1], True) == []
+    assert check(items["recall-name-zh"], "你叫李娜。", False) == []
+    assert check(items["river-zh"], "中国最长的河流是长江。", False) == []
+    assert (
+        check(items["reminder-tip-zh"], "可以用 Google 日历记下每天的事情。", False) == []
+    )  # a name, not mixing
