@@ -44,6 +44,19 @@ from pipeline.orchestrator import ReplyPipeline, ReplyRequest
 log = logging.getLogger(__name__)
 
 
+class _Turn:
+    """A user's place in arrival order, given up once their job is queued (or when it never will be)."""
+
+    def __init__(self, lock: asyncio.Lock) -> None:
+        self.lock = lock
+        self._held = True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self.lock.release()
+
+
 def pipeline_format(mode: str) -> str:
     """The pipeline format for a reply mode: a video note is made as a video, delivery decides."""
     return "video" if mode == "video_note" else mode
@@ -71,6 +84,7 @@ class TelegramBot(CommandHandlers):
         self.service = service
         self.jobs = jobs
         self._resuming: asyncio.Task | None = None
+        self._arrivals: dict[str, asyncio.Lock] = {}  # per user: messages queue in arrival order
         self.app = self._build()
 
     # ------------------------------------------------------------------ lifecycle
@@ -297,10 +311,21 @@ class TelegramBot(CommandHandlers):
         message, user = update.effective_message, update.effective_user
         assert message is not None and user is not None
         key, thread = self._user(user), self._thread(update)
-        job_id = await self.service.call(
-            lambda: self.jobs.accept(PLATFORM, message.chat_id, message.message_id, key, thread, **content)
-        )
+        # Updates are handled concurrently: a user's messages take their place in the reply queue in
+        # the order they arrived (asyncio.Lock wakes its waiters first come, first served).
+        arrival = _Turn(self._arrivals.setdefault(key, asyncio.Lock()))
+        await arrival.lock.acquire()
+        try:
+            job_id = await self.service.call(
+                lambda: self.jobs.accept(
+                    PLATFORM, message.chat_id, message.message_id, key, thread, **content
+                )
+            )
+        except BaseException:
+            arrival.release()
+            raise
         if job_id is None:
+            arrival.release()
             log.info(
                 "message %s in chat %s was already accepted; not answering twice",
                 message.message_id,
@@ -317,8 +342,10 @@ class TelegramBot(CommandHandlers):
                     self._request_for(key, thread, mode, cancel=token, **content), out
                 ),
                 job_id=job_id,
+                arrival=arrival,
             )
         finally:
+            arrival.release()
             self.jobs.finish(job_id)
 
     async def _resume(self, interrupted: list[Job]) -> None:
@@ -360,6 +387,7 @@ class TelegramBot(CommandHandlers):
         *,
         notice: str = "",
         job_id: int | None = None,
+        arrival: _Turn | None = None,
     ) -> None:
         """Admit, run on the worker with a chat action kept alive, then send the result.
 
@@ -395,7 +423,11 @@ class TelegramBot(CommandHandlers):
                 progress_text=t("working", lang),
             ):
                 token = CancelToken()
-                result = await self.service.run(key, job, out, token, mode, token=token)
+                running = asyncio.ensure_future(self.service.run(key, job, out, token, mode, token=token))
+                if arrival is not None:
+                    await asyncio.sleep(0)  # the job has taken its place in the user's queue
+                    arrival.release()
+                result = await running
             if notice:
                 await bot.send_message(chat_id, notice)
             await send_result(bot, chat_id, reply_to, result, mode, self.options.upload_limit_mb, lang)
