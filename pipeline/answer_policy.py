@@ -339,7 +339,10 @@ def is_parroting(answer: str, message: str) -> bool:
     if _weight(a) < 6:
         return False
     share = copied_share(answer, message)
-    return share >= 0.5 and share * _weight(a) >= 6
+    # an answer to a short question often restates it ("One simple idea to relax after a long day is
+    # to…"): only a near-whole copy of a short message is parroting
+    least = 0.5 if _weight(_tokens(message)) >= MONOLOGUE_WORDS else 0.8
+    return share >= least and share * _weight(a) >= 6
 
 
 # ---------------------------------------------------------------------------------------- roles

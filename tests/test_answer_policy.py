@@ -487,3 +487,10 @@ def test_the_evaluation_flags_the_failures_the_issue_measured_and_passes_honest_
     assert (
         check(items["reminder-tip-zh"], "可以用 Google 日历记下每天的事情。", False) == []
     )  # a name, not mixing
+
+
+def test_an_answer_that_restates_a_short_question_is_not_parroting():
+    question = "Could you please give me one simple idea to relax after a long and very busy day at work?"
+    answer = "One simple idea to relax after a long and very busy day at work is to take a short walk."
+    assert not is_parroting(answer, question)
+    assert is_parroting("Luck is a dividend of sweat.", "翻译成中文：Luck is a dividend of sweat.")
