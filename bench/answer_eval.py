@@ -119,10 +119,24 @@ _OTHER_AI_NAMES = (
 # name: "由OpenAI开发" has no word boundary between 由 and O.
 _OTHER_AI = re.compile(
     r"(\b(i am|i'm|i was \w+ by|made by|created by|developed by|trained by|built by)\b|我是|我由|我来自|是由)"
-    r"[^.!?。！？]{0,20}(?<![a-z])" + _OTHER_AI_NAMES + r"(?![a-z])|"
-    r"由" + _OTHER_AI_NAMES + r"[^，。！？]{0,3}(开发|制作|训练|打造)的?[。！!.]?$",
+    r"[^.!?。！？]{0,20}(?<![a-z])" + _OTHER_AI_NAMES + r"(?![a-z])",
     re.I,
 )
+# "TalkTwin 是开源项目，由阿里云开发。": made by another company, in a sentence about the twin
+_MADE_BY_OTHER = re.compile(r"由" + _OTHER_AI_NAMES + r"[^，。！？]{0,3}(开发|制作|训练|打造)", re.I)
+_ABOUT_TWIN = re.compile(r"talktwin|我|^\W*(是)?由", re.I)
+
+
+def _wrong_identity(text: str, zh: bool) -> bool:
+    negated = _NEGATED_ZH if zh else _NEGATED_EN
+    if any(_OTHER_AI.search(c) for c in clauses(text) if not negated.search(c)):
+        return True
+    sentences = re.split(r"(?<=[.!?。！？])", text)
+    return any(
+        _MADE_BY_OTHER.search(s) and _ABOUT_TWIN.search(s) and not negated.search(s) for s in sentences
+    )
+
+
 _LATIN_WORD = re.compile(r"[A-Za-z][A-Za-z'’-]*")
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _ENDS = tuple(".!?。！？…")
@@ -207,7 +221,7 @@ def check(item: dict, answer: str, fixed: bool) -> list[str]:
         item["kind"] == "impossible" and not _DECLINED.search(text)
     ):
         failed.append("false_claim")
-    if any(_OTHER_AI.search(c) for c in clauses(text) if not (_NEGATED_ZH if zh else _NEGATED_EN).search(c)):
+    if _wrong_identity(text, zh):
         failed.append("wrong_identity")
     if zh:
         # names stay as they are in Chinese ("Google 日历", "iPhone", "TalkTwin"): an ordinary English word
