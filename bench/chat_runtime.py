@@ -86,7 +86,9 @@ def main() -> None:
     for row in rows:
         print(json.dumps(row))
     out = PROJECT_ROOT / "bench" / "results" / "chat_runtime.json"
-    out.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "rows": rows}, indent=1))
+    out.write_text(
+        json.dumps({"machine": platform.processor() or platform.machine(), "rows": rows}, indent=1)
+    )
 
 
 if __name__ == "__main__":
