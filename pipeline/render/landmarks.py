@@ -12,14 +12,10 @@ a 2-D warp cannot animate convincingly, raise FaceTurnedAway (moderately turned 
 
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
-import os
-import sys
 import threading
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -28,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline.errors import FaceTooSmall, NoFaceFound, UnreadableImage
+from pipeline.native import native_stderr_silenced
 from pipeline.render.topology import (
     CHEEK_EDGES,
     FACE_OVAL,
@@ -129,7 +126,7 @@ class FaceMeshDetector:
         # The graph logs harmless set-up chatter from C++ (no setting turns it off) while it is built
         # and the first time it finds a face: do both now, once, silenced, so it never buries output.
         face = Image.open(WARM_UP_FACE).convert("RGB").resize((256, 256))
-        with _native_stderr_silenced():
+        with native_stderr_silenced():
             self._mesh = mp.solutions.face_mesh.FaceMesh(
                 static_image_mode=True, max_num_faces=MAX_FACES, refine_landmarks=True
             )
@@ -241,20 +238,6 @@ def _tile_starts(length: int) -> list[int]:
     starts = list(range(0, length - TILE, TILE_STRIDE))
     starts.append(length - TILE)
     return starts
-
-
-@contextlib.contextmanager
-def _native_stderr_silenced() -> Iterator[None]:
-    """Send file descriptor 2 to /dev/null for the block (C++ libraries write there directly)."""
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 WARM_UP_FACE = Path(__file__).resolve().parents[2] / "assets" / "avatar.jpg"

