@@ -147,11 +147,8 @@ class ReplyPipeline:
         return self.renderer.prepare(image or self._default_avatar_bytes, self.settings.render.size)
 
     def warm_up(self) -> None:
-        """Do the one-time work of the first reply at start: the default avatar, the face detector."""
+        """Prepare the default avatar at start (the renderer loaded its models when it was built)."""
         self.prepare_avatar(None)
-        warm_up = getattr(self.renderer, "warm_up", None)
-        if warm_up is not None:
-            warm_up()
 
     def understand(
         self, request: ReplyRequest, timings: StageTimings, token: CancelToken | None = None

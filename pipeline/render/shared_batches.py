@@ -68,8 +68,6 @@ class SharedBatchRenderer:
     def load(self) -> None:
         self.inner.load()
 
-    warm_up = load  # the name the pipeline's start-up uses
-
     def forget(self, image: bytes) -> None:
         self.inner.forget(image)
 

@@ -124,8 +124,6 @@ class WarpRenderer:
         """Build the face detector now (about a second), not during someone's first photo."""
         shared_detector()
 
-    warm_up = load  # the name the pipeline's start-up uses
-
     def close(self) -> None:
         """Drop the prepared avatars; the face detector is shared by the process and stays."""
         with self._lock:

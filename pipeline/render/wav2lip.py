@@ -101,8 +101,6 @@ class Wav2LipRenderer:
         if self.net is None:
             self.net = load_wav2lip(self.checkpoint, self.device).to(self.dtype)
 
-    warm_up = load
-
     def close(self) -> None:
         self.net = None
         with self._lock:
