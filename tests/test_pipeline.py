@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -179,14 +180,16 @@ def test_a_photo_without_a_face_is_refused(hermetic: ReplyPipeline, tmp_path: Pa
 
 
 @pytest.fixture(scope="module")
-def real_pipeline(models_installed: Settings) -> ReplyPipeline:
+def real_pipeline(models_installed: Settings) -> Iterator[ReplyPipeline]:
     settings = load_settings(
         environ={
             "TALKTWIN_LLM__TEMPERATURE": "0",
             "TALKTWIN_PATHS__DATA_DIR": str(models_installed.paths.data_dir),
         }
     )
-    return ReplyPipeline.from_settings(settings)
+    pipeline = ReplyPipeline.from_settings(settings)
+    yield pipeline
+    pipeline.close()  # its chat model server would otherwise live until the session ends
 
 
 @pytest.mark.real_models
