@@ -38,6 +38,7 @@ class JobRow(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created: Mapped[float] = mapped_column(Float, default=time.time)
     result: Mapped[str | None] = mapped_column(Text, nullable=True)  # a response kept for replaying
+    spec: Mapped[str | None] = mapped_column(Text, nullable=True)  # the output decided at admission
 
 
 @dataclass(frozen=True)
@@ -53,15 +54,18 @@ class Job:
     attempts: int
     status: str = "accepted"
     result: str | None = None
+    spec: str | None = None  # JSON of the OutputSpec decided when it was first admitted
 
 
 class JobStore:
     def __init__(self, engine: Engine, payload_dir: Path) -> None:
         self.engine = engine
         Base.metadata.create_all(engine, tables=[JobRow.__table__])
-        if "result" not in {c["name"] for c in inspect(engine).get_columns(JobRow.__tablename__)}:
-            with engine.begin() as db:  # a database made before responses were kept
-                db.execute(text(f"ALTER TABLE {JobRow.__tablename__} ADD COLUMN result TEXT"))
+        columns = {c["name"] for c in inspect(engine).get_columns(JobRow.__tablename__)}
+        for column in ("result", "spec"):  # a database made before these were kept
+            if column not in columns:
+                with engine.begin() as db:
+                    db.execute(text(f"ALTER TABLE {JobRow.__tablename__} ADD COLUMN {column} TEXT"))
         self.payload_dir = payload_dir
         payload_dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -99,12 +103,14 @@ class JobStore:
             s.commit()
             return row.id
 
-    def start(self, job_id: int) -> None:
-        """Count an attempt (a crash during it counts too)."""
+    def start(self, job_id: int, spec: str | None = None) -> None:
+        """Count an attempt (a crash during it counts too) and keep the output decided for it."""
         with self._lock, Session(self.engine) as s, s.begin():
             row = s.get(JobRow, job_id)
             if row is not None:
                 row.attempts += 1
+                if spec is not None and row.spec is None:
+                    row.spec = spec
 
     def finish(self, job_id: int, result: str | None = None) -> None:
         """The user got an answer or a clear error: done, and its audio is deleted.
@@ -151,6 +157,7 @@ class JobStore:
             attempts=row.attempts,
             status=row.status,
             result=row.result,
+            spec=row.spec,
         )
 
     def forget(self, user: str) -> None:

@@ -12,8 +12,11 @@ import logging
 import os
 import signal
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from bots.core.blobs import FolderBlobStore
+from bots.core.conversations import Conversations
+from bots.core.execution import InProcessExecutor
 from bots.discord.bot import DiscordBot
 from bots.discord.options import DiscordOptions
 from bots.http.app import HttpOptions
@@ -34,13 +37,30 @@ VOICES = {"auto": "auto: edge-tts when reachable, else Piper (English) / Mandari
 
 @dataclass
 class Components:
-    """What every adapter shares: one pipeline (models loaded once), memory, knowledge, job service."""
+    """What every adapter shares: one pipeline (models loaded once), memory, knowledge, job service,
+    and the application core built on them."""
 
     pipeline: ReplyPipeline
     memory: MemoryStore
     knowledge: KnowledgeBase
     service: ReplyService
     jobs: JobStore
+    core: Conversations = field(init=False)
+
+    def __post_init__(self) -> None:
+        settings = self.pipeline.settings
+        blobs = FolderBlobStore(settings.resolve(settings.paths.data_dir) / "blobs")
+        self.core = Conversations(
+            memory=self.memory,
+            knowledge=self.knowledge,
+            jobs=self.jobs,
+            service=self.service,
+            executor=InProcessExecutor(self.pipeline, blobs, self.service.pool),
+            blobs=blobs,
+            check_photo=self.pipeline.prepare_avatar,
+            frame=settings.render.frame,
+            reply_timeout_s=settings.reply.timeout_s,
+        )
 
     @classmethod
     def load(cls, settings: Settings) -> Components:
@@ -103,7 +123,7 @@ async def serve(settings: Settings, environ: Mapping[str, str] | None = None) ->
     )
     telegram = TelegramOptions.from_env(environ, settings)
     if telegram is not None:
-        adapters.append(TelegramBot(telegram, *shared))
+        adapters.append(TelegramBot(telegram, components))
     discord_options = DiscordOptions.from_env(environ, settings)
     if discord_options is not None:
         adapters.append(DiscordBot(discord_options, *shared))

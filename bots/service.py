@@ -13,7 +13,7 @@ import enum
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -101,20 +101,34 @@ class ReplyService:
 
         With a `token`, `cancel(user)` can stop the job while it waits or runs.
         """
+        loop = asyncio.get_running_loop()
+        return await self.run_job(
+            user, lambda: loop.run_in_executor(self._executor, lambda: fn(*args)), token
+        )
+
+    @property
+    def pool(self) -> ThreadPoolExecutor:
+        """The worker threads that run replies in this process."""
+        return self._executor
+
+    async def run_job(
+        self, user: str, start: Callable[[], Awaitable[T]], token: CancelToken | None = None
+    ) -> T:
+        """Await an admitted job's work (`start()`, wherever it runs) after the user's earlier jobs,
+        counting its outcome and timings. With a `token`, `cancel(user)` can stop it."""
         state = self._users[user]
         outcome = "failed"
         if token is not None:
             state.tokens.append(token)
         try:
             async with state.lock:
-                loop = asyncio.get_running_loop()
                 started = time.monotonic()
-                result = await loop.run_in_executor(self._executor, lambda: fn(*args))
+                result = await start()
                 self._job_seconds = 0.8 * self._job_seconds + 0.2 * (time.monotonic() - started)
             outcome = "ok"
             timings = getattr(result, "timings", None)
             if timings is not None:
-                self.metrics.observe_stages(timings.seconds)
+                self.metrics.observe_stages(timings if isinstance(timings, dict) else timings.seconds)
             return result
         except Cancelled:
             outcome = "cancelled"
@@ -131,6 +145,11 @@ class ReplyService:
                 state.pending -= 1
                 if token is not None:
                     state.tokens.remove(token)
+
+    def release(self, user: str) -> None:
+        """Give back an admission that will not be run (what was needed for it failed)."""
+        with self._guard:
+            self._users[user].pending -= 1
 
     def cancel(self, user: str) -> bool:
         """Stop every job of `user` that is waiting or running; False when there is none."""

@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from bots.jobs import JobStore
+from bots.runtime import Components
 from bots.service import ReplyService
 from bots.telegram.bot import TelegramBot
 from bots.telegram.options import TelegramOptions
@@ -77,9 +78,8 @@ class Harness:
         opts.setdefault("max_pending", 3)
         self.service = ReplyService(max_pending=opts["max_pending"], rate_limit=opts.pop("rate_limit", 30))
         self.jobs = JobStore(self.memory.engine, settings.resolve(settings.paths.data_dir) / "jobs")
-        self.bot = TelegramBot(
-            options(server, **opts), self.pipeline, self.memory, self.knowledge, self.service, self.jobs
-        )
+        self.components = Components(self.pipeline, self.memory, self.knowledge, self.service, self.jobs)
+        self.bot = TelegramBot(options(server, **opts), self.components)
 
     def run(self, scenario: Callable[[Harness], Awaitable[None]]) -> None:
         async def main() -> None:
@@ -613,7 +613,7 @@ def test_jobs_interrupted_by_a_crash_are_answered_after_restart(server, small_se
 def test_a_message_arriving_during_recovery_is_answered_once(server, small_settings, stages):
     eli = user(122)
     harness = Harness(server, small_settings, stages)
-    harness.jobs = harness.bot.jobs = SlowJobStore(harness.jobs.engine, harness.jobs.payload_dir)
+    harness.jobs = harness.bot.core.jobs = SlowJobStore(harness.jobs.engine, harness.jobs.payload_dir)
 
     async def scenario(h: Harness) -> None:
         await h.wait("sendVideoNote", chat_id=122)

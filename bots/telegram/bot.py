@@ -1,24 +1,18 @@
-"""The Telegram adapter (python-telegram-bot): updates in, normalised requests to the pipeline, media out.
+"""The Telegram adapter (python-telegram-bot): updates in as platform-neutral messages, answers out.
 
-No model code lives here. Each handler works out who is talking (user key, memory thread, language),
-admits the job through the shared ReplyService, and sends back what the pipeline made.
+No model code and no job workflow live here: each handler works out who is talking (user key, memory
+thread, language), turns the update into an `IncomingMessage` and hands it to the application core
+(bots/core/conversations.py) with a `TelegramSink` for the answers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import tempfile
-from collections.abc import Callable
-from dataclasses import replace
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from telegram import (
-    BotCommand,
-    Update,
-    User,
-)
-from telegram.constants import ChatAction, ChatType, MessageEntityType
+from telegram import BotCommand, Update, User
+from telegram.constants import ChatType, MessageEntityType
 from telegram.ext import (
     AIORateLimiter,
     Application,
@@ -29,37 +23,20 @@ from telegram.ext import (
     filters,
 )
 
-from bots.jobs import MAX_ATTEMPTS, Job, JobStore
-from bots.service import Admission, ReplyService
+from bots.core.messages import Document, IncomingMessage
+from bots.jobs import Job
 from bots.telegram.commands import COMMANDS, CommandHandlers
-from bots.telegram.delivery import keep_chat_action, send_result
+from bots.telegram.delivery import TelegramSink
 from bots.telegram.guard import guarded
 from bots.telegram.options import TelegramOptions
 from bots.texts import t, user_language
 from memory.keys import conversation_key, user_key
-from pipeline.cancel import CancelToken
-from pipeline.errors import FileTooLarge, InternalFailure, TalkTwinError
-from pipeline.orchestrator import ReplyPipeline, ReplyRequest
+from pipeline.errors import FileTooLarge
+
+if TYPE_CHECKING:
+    from bots.runtime import Components
 
 log = logging.getLogger(__name__)
-
-
-class _Turn:
-    """A user's place in arrival order, given up once their job is queued (or when it never will be)."""
-
-    def __init__(self, lock: asyncio.Lock) -> None:
-        self.lock = lock
-        self._held = True
-
-    def release(self) -> None:
-        if self._held:
-            self._held = False
-            self.lock.release()
-
-
-def pipeline_format(mode: str) -> str:
-    """The pipeline format for a reply mode: a video note is made as a video, delivery decides."""
-    return "video" if mode == "video_note" else mode
 
 
 PLATFORM = "telegram"
@@ -68,23 +45,13 @@ PLATFORM = "telegram"
 class TelegramBot(CommandHandlers):
     """Builds and runs the python-telegram-bot Application for TalkTwin."""
 
-    def __init__(
-        self,
-        options: TelegramOptions,
-        pipeline: ReplyPipeline,
-        memory,
-        knowledge,
-        service: ReplyService,
-        jobs: JobStore,
-    ):
+    def __init__(self, options: TelegramOptions, components: Components):
         self.options = options
-        self.pipeline = pipeline
-        self.memory = memory
-        self.knowledge = knowledge
-        self.service = service
-        self.jobs = jobs
+        self.core = components.core
+        self.memory = components.memory
+        self.knowledge = components.knowledge
+        self.service = components.service
         self._resuming: asyncio.Task | None = None
-        self._arrivals: dict[str, asyncio.Lock] = {}  # per user: messages queue in arrival order
         self.app = self._build()
 
     # ------------------------------------------------------------------ lifecycle
@@ -117,7 +84,7 @@ class TelegramBot(CommandHandlers):
         await self.app.initialize()
         await self._publish_commands()
         # Taken before polling starts: a job accepted from now on belongs to its live handler only.
-        interrupted = await self.service.call(self.jobs.unfinished, PLATFORM)
+        interrupted = await self.core.unfinished(PLATFORM)
         await self.app.start()
         assert self.app.updater is not None
         if self.options.webhook_url:
@@ -131,7 +98,7 @@ class TelegramBot(CommandHandlers):
             )
         else:
             await self.app.updater.start_polling(allowed_updates=Update.ALL_TYPES)
-        self._resuming = asyncio.create_task(self._resume(interrupted))
+        self._resuming = asyncio.create_task(self.core.resume(interrupted, self._sink_for_job))
         log.info(
             "telegram bot @%s running (%s)",
             self.app.bot.username,
@@ -199,13 +166,35 @@ class TelegramBot(CommandHandlers):
         return text.replace(f"@{self.app.bot.username}", "").strip()
 
     # ------------------------------------------------------------------ messages
+    def _message(self, update: Update, **content) -> IncomingMessage:
+        message, user = update.effective_message, update.effective_user
+        assert message is not None and user is not None
+        return IncomingMessage(
+            platform=PLATFORM,
+            chat=str(message.chat_id),
+            message_id=str(message.message_id),
+            user=self._user(user),
+            conversation=self._thread(update),
+            locale=user.language_code,
+            **content,
+        )
+
+    def _sink(self, update: Update) -> TelegramSink:
+        message = update.effective_message
+        assert message is not None
+        return TelegramSink(self.app.bot, message.chat_id, message.message_id, self.options)
+
+    def _sink_for_job(self, job: Job) -> TelegramSink:
+        return TelegramSink(self.app.bot, int(job.chat_id), int(job.message_id), self.options)
+
     @guarded
     async def on_text(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         if not self._addressed(update):
             return
         message = update.effective_message
         assert message is not None and message.text is not None
-        await self._answer(update, text=self._strip_mention(message.text))
+        text = self._strip_mention(message.text)
+        await self.core.handle(self._message(update, text=text), self._sink(update))
 
     @guarded
     async def on_audio(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -216,58 +205,29 @@ class TelegramBot(CommandHandlers):
         media = message.voice or message.audio or message.video_note or message.video or message.document
         assert media is not None
         data = await self._download(media.file_id, media.file_size)
-        await self._answer(update, audio=data)
+        await self.core.handle(self._message(update, audio=data), self._sink(update))
 
     @guarded
     async def on_photo(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         if not self._addressed(update):
             return
         message = update.effective_message
-        assert message is not None and update.effective_user is not None
-        if message.photo:
-            largest = message.photo[-1]
-            file_id, size = largest.file_id, largest.file_size
-        else:
-            assert message.document is not None
-            file_id, size = message.document.file_id, message.document.file_size
-        image = await self._download(file_id, size)
-        user = self._user(update.effective_user)
-        lang = self.language_of(update.effective_user)
-        await self.service.call(self.pipeline.prepare_avatar, image)  # raises NoFaceFound and friends
-        await self.service.call(self.memory.set_avatar, user, image)
-        request = self._request(update)
-        await self._run_job(
-            message.chat_id,
-            message.message_id,
-            user,
-            lang,
-            lambda out, token, mode: self.pipeline.speak(
-                t("avatar_greeting", lang), replace(request, cancel=token, format=pipeline_format(mode)), out
-            ),
-            notice=t("avatar_set", lang),
-        )
+        assert message is not None
+        photo = message.photo[-1] if message.photo else message.document
+        assert photo is not None
+        image = await self._download(photo.file_id, photo.file_size)
+        await self.core.handle(self._message(update, photo=image), self._sink(update))
 
     @guarded
     async def on_document(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         if not self._addressed(update):
             return
         message = update.effective_message
-        assert message is not None and message.document is not None and update.effective_user is not None
+        assert message is not None and message.document is not None
         document = message.document
         data = await self._download(document.file_id, document.file_size)
-        user = self._user(update.effective_user)
-        info = await self.service.call(
-            self.knowledge.add_document, user, document.file_name or "document", data
-        )
-        await message.reply_text(
-            t(
-                "kb_added",
-                self.language_of(update.effective_user),
-                name=info.name,
-                pages=info.pages,
-                chunks=info.chunks,
-            )
-        )
+        content = Document(document.file_name or "document", data)
+        await self.core.handle(self._message(update, document=content), self._sink(update))
 
     @guarded
     async def on_unsupported(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -287,151 +247,7 @@ class TelegramBot(CommandHandlers):
             t("unknown_command", self.language_of(update.effective_user), command=command)
         )
 
-    # ------------------------------------------------------------------ replies
-    def _request_for(self, user: str, conversation: str, mode: str | None = None, **fields) -> ReplyRequest:
-        """The user's request with their avatar and voice; `mode` is the reply mode decided when the
-        job was admitted (a /mode sent while it waits must not change what the pipeline writes)."""
-        profile = self.memory.profile(user)
-        if mode is not None:
-            fields.setdefault("format", pipeline_format(mode))
-        return ReplyRequest(
-            user=user,
-            conversation=conversation,
-            avatar=self.memory.avatar(user),
-            voice=profile.voice,
-            **fields,
-        )
-
-    def _request(self, update: Update, **fields) -> ReplyRequest:
-        assert update.effective_user is not None
-        return self._request_for(self._user(update.effective_user), self._thread(update), **fields)
-
-    async def _answer(self, update: Update, **content) -> None:
-        """Record the message as a durable job first, then answer it; a redelivered update is skipped."""
-        message, user = update.effective_message, update.effective_user
-        assert message is not None and user is not None
-        key, thread = self._user(user), self._thread(update)
-        # Updates are handled concurrently: a user's messages take their place in the reply queue in
-        # the order they arrived (asyncio.Lock wakes its waiters first come, first served).
-        arrival = _Turn(self._arrivals.setdefault(key, asyncio.Lock()))
-        await arrival.lock.acquire()
-        try:
-            job_id = await self.service.call(
-                lambda: self.jobs.accept(
-                    PLATFORM, message.chat_id, message.message_id, key, thread, **content
-                )
-            )
-        except BaseException:
-            arrival.release()
-            raise
-        if job_id is None:
-            arrival.release()
-            log.info(
-                "message %s in chat %s was already accepted; not answering twice",
-                message.message_id,
-                message.chat_id,
-            )
-            return
-        try:
-            await self._run_job(
-                message.chat_id,
-                message.message_id,
-                key,
-                self.language_of(user),
-                lambda out, token, mode: self.pipeline.reply(
-                    self._request_for(key, thread, mode, cancel=token, **content), out
-                ),
-                job_id=job_id,
-                arrival=arrival,
-            )
-        finally:
-            arrival.release()
-            self.jobs.finish(job_id)
-
-    async def _resume(self, interrupted: list[Job]) -> None:
-        """Answer the jobs a crash interrupted; tell the user about those that keep failing."""
-        for job in interrupted:
-            chat_id, reply_to = int(job.chat_id), int(job.message_id)
-            lang = user_language(None, self.memory.profile(job.user).language)
-            content = {"text": job.text} if job.text is not None else {"audio": job.audio}
-            try:
-                if job.attempts >= MAX_ATTEMPTS or (job.text is None and job.audio is None):
-                    await self.app.bot.send_message(chat_id, t("job_lost", lang))
-                    continue
-                log.info("resuming job %s for %s", job.id, job.user)
-                await self._run_job(
-                    chat_id,
-                    reply_to,
-                    job.user,
-                    lang,
-                    lambda out, token, mode, job=job, content=content: self.pipeline.reply(
-                        self._request_for(job.user, job.conversation, mode, cancel=token, **content), out
-                    ),
-                    job_id=job.id,
-                )
-            except TalkTwinError as e:
-                await self.app.bot.send_message(chat_id, e.user_message(lang))
-            except Exception:
-                log.exception("resumed job %s failed", job.id)
-                await self.app.bot.send_message(chat_id, InternalFailure().user_message(lang))
-            finally:
-                self.jobs.finish(job.id)
-
-    async def _run_job(
-        self,
-        chat_id: int,
-        reply_to: int | None,
-        key: str,
-        lang: str,
-        job: Callable[[Path, CancelToken, str], object],
-        *,
-        notice: str = "",
-        job_id: int | None = None,
-        arrival: _Turn | None = None,
-    ) -> None:
-        """Admit, run on the worker with a chat action kept alive, then send the result.
-
-        The reply mode is read once, here: the pipeline writes and delivery sends the same kind."""
-        bot = self.app.bot
-        verdict, retry_s = self.service.admit(key)
-        if verdict is Admission.RATE_LIMITED:
-            await bot.send_message(chat_id, t("rate_limited", lang, seconds=max(1, round(retry_s))))
-            return
-        if verdict is Admission.BUSY:
-            await bot.send_message(chat_id, t("busy", lang))
-            return
-        if verdict is Admission.FULL:
-            await bot.send_message(chat_id, t("full", lang, seconds=max(1, round(retry_s))))
-            return
-        if verdict is Admission.QUEUED:
-            await bot.send_message(chat_id, t("queued", lang))
-        mode = (await self.service.call(self.memory.profile, key)).mode
-        action = {
-            "video_note": ChatAction.RECORD_VIDEO_NOTE,
-            "voice": ChatAction.RECORD_VOICE,
-            "text": ChatAction.TYPING,
-        }.get(mode, ChatAction.UPLOAD_VIDEO)
-        if job_id is not None:
-            await self.service.call(self.jobs.start, job_id)
-        with tempfile.TemporaryDirectory(prefix="talktwin-tg-") as tmp:
-            out = Path(tmp) / ("reply.ogg" if mode == "voice" else "reply.mp4")
-            async with keep_chat_action(
-                bot,
-                chat_id,
-                action,
-                progress_after_s=self.options.progress_after_s,
-                progress_text=t("working", lang),
-            ):
-                token = CancelToken()
-                running = asyncio.ensure_future(self.service.run(key, job, out, token, mode, token=token))
-                if arrival is not None:
-                    await asyncio.sleep(0)  # the job has taken its place in the user's queue
-                    arrival.release()
-                result = await running
-            if notice:
-                await bot.send_message(chat_id, notice)
-            await send_result(bot, chat_id, reply_to, result, mode, self.options.upload_limit_mb, lang)
-
+    # ------------------------------------------------------------------ files
     async def _download(self, file_id: str, size: int | None) -> bytes:
         limit = self.options.download_limit_mb
         if size is not None and size > limit * 1e6:

@@ -14,7 +14,7 @@ MODES = ("video_note", "video", "voice", "text")
 
 
 class CommandHandlers:
-    """Mixed into TelegramBot, whose memory, knowledge, job store and service these use."""
+    """Mixed into TelegramBot, whose application core, memory, knowledge and service these use."""
 
     @guarded
     async def cmd_start(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -149,8 +149,7 @@ class CommandHandlers:
         kind, _, value = (query.data or "").partition(":")
         if kind == "forget":
             if value == "yes":
-                await self.service.call(self.jobs.forget, key)
-                await self.service.call(self.memory.forget, key)
+                await self.core.forget(key)
                 lang = user_language(user.language_code)  # the stored preference is gone too
                 await query.edit_message_text(t("forget_done", lang))
             else:

@@ -9,11 +9,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from telegram import Bot, ReplyParameters
+from telegram.constants import ChatAction
 from telegram.error import TelegramError
 
+from bots.core.messages import Capabilities, RoundVideo
+from bots.core.reply_job import OutputSpec, ReplyOutcome
+from bots.telegram.options import TelegramOptions
 from bots.texts import t
 from pipeline.media.ffmpeg import run_ffmpeg
-from pipeline.orchestrator import ReplyResult
 
 log = logging.getLogger(__name__)
 
@@ -49,57 +52,79 @@ async def keep_chat_action(
             await task
 
 
-async def send_result(
-    bot: Bot,
-    chat_id: int | str,
-    reply_to: int | None,
-    result: ReplyResult,
-    mode: str,
-    upload_limit_mb: float,
-    lang: str,
-) -> None:
-    """Video note when it fits (square, ≤ 60 s), else a video with the answer as caption; voice; text.
+class TelegramSink:
+    """Answers to one Telegram chat, as replies to the user's message when there is one."""
 
-    Sent as a reply to the user's message `reply_to` (still sent if that message is gone). Probing and
-    converting media run off the event loop.
-    """
-    reply = (
-        {"reply_parameters": ReplyParameters(reply_to, allow_sending_without_reply=True)} if reply_to else {}
-    )
-    if result.media_path is None:
-        await _send_text(bot, chat_id, result.answer, reply)
-        return
-    path = result.media_path
-    if path.stat().st_size > upload_limit_mb * 1e6:
-        log.warning(
-            "reply of %.1f MB is over the upload limit; sending voice and text", path.stat().st_size / 1e6
+    def __init__(self, bot: Bot, chat_id: int, reply_to: int | None, options: TelegramOptions) -> None:
+        self.bot = bot
+        self.chat_id = chat_id
+        self.reply_to = reply_to
+        self.options = options
+        self.capabilities = Capabilities(
+            max_upload_mb=options.upload_limit_mb,
+            text_limit=MESSAGE_MAX,
+            round_video=RoundVideo(max_seconds=VIDEO_NOTE_MAX_S),
         )
-        await bot.send_message(chat_id, t("answer_too_big", lang), **reply)
-        path = await asyncio.to_thread(_voice_from, path)
-        mode = "voice"
-    data = await asyncio.to_thread(path.read_bytes)
-    duration = round(result.duration)
-    if mode == "voice":
-        await bot.send_voice(chat_id, data, duration=duration, caption=_caption(result.answer), **reply)
-        if len(result.answer) > CAPTION_MAX:
-            await _send_text(bot, chat_id, result.answer, {})
-        return
-    width, height = await asyncio.to_thread(_video_dimensions, path)
-    if mode == "video_note" and result.duration <= VIDEO_NOTE_MAX_S and width == height:
-        await bot.send_video_note(chat_id, data, duration=duration, length=width, **reply)
-    else:  # a whole-photo frame is not square: Telegram would crop it into a circle
-        await bot.send_video(
+
+    def _reply(self) -> dict:
+        if not self.reply_to:
+            return {}
+        return {"reply_parameters": ReplyParameters(self.reply_to, allow_sending_without_reply=True)}
+
+    async def send_text(self, text: str) -> None:
+        await _send_text(self.bot, self.chat_id, text, self._reply())
+
+    def working(self, spec: OutputSpec, lang: str) -> contextlib.AbstractAsyncContextManager[None]:
+        if spec.kind == "voice":
+            action = ChatAction.RECORD_VOICE
+        elif spec.kind == "text":
+            action = ChatAction.TYPING
+        else:
+            action = ChatAction.RECORD_VIDEO_NOTE if spec.round else ChatAction.UPLOAD_VIDEO
+        return keep_chat_action(
+            self.bot,
+            self.chat_id,
+            action,
+            progress_after_s=self.options.progress_after_s,
+            progress_text=t("working", lang),
+        )
+
+    async def send_media(self, outcome: ReplyOutcome, media: Path, spec: OutputSpec, lang: str) -> None:
+        """A round video note when it fits (square, short enough), else a video with the answer as
+        caption; a voice message. Over the upload limit: the answer as voice and text. Probing and
+        converting media run off the event loop."""
+        bot, chat_id, reply = self.bot, self.chat_id, self._reply()
+        kind = spec.kind
+        size = (await asyncio.to_thread(media.stat)).st_size
+        if size > spec.max_mb * 1e6:
+            log.warning("reply of %.1f MB is over the upload limit; sending voice and text", size / 1e6)
+            await bot.send_message(chat_id, t("answer_too_big", lang), **reply)
+            media = await asyncio.to_thread(_voice_from, media)
+            kind = "voice"
+        data = await asyncio.to_thread(media.read_bytes)
+        duration = round(outcome.duration)
+        if kind == "voice":
+            await bot.send_voice(chat_id, data, duration=duration, caption=_caption(outcome.answer), **reply)
+            if len(outcome.answer) > CAPTION_MAX:
+                await _send_text(bot, chat_id, outcome.answer, {})
+            return
+        width, height = await asyncio.to_thread(_video_dimensions, media)
+        max_s = spec.max_seconds or VIDEO_NOTE_MAX_S
+        if spec.round and outcome.duration <= max_s and width == height:
+            await bot.send_video_note(chat_id, data, duration=duration, length=width, **reply)
+            return
+        await bot.send_video(  # Telegram would crop a non-square or long one into a circle
             chat_id,
             data,
             duration=duration,
             width=width,
             height=height,
-            caption=_caption(result.answer),
+            caption=_caption(outcome.answer),
             supports_streaming=True,
             **reply,
         )
-        if len(result.answer) > CAPTION_MAX:
-            await _send_text(bot, chat_id, result.answer, {})
+        if len(outcome.answer) > CAPTION_MAX:
+            await _send_text(bot, chat_id, outcome.answer, {})
 
 
 def _caption(text: str) -> str:
