@@ -233,14 +233,7 @@ async def run_telegram(
     }
     options = TelegramOptions.from_env(environ, settings)  # as run_bots.py builds them
     assert options is not None
-    bot = TelegramBot(
-        options,
-        components.pipeline,
-        components.memory,
-        components.knowledge,
-        components.service,
-        components.jobs,
-    )
+    bot = TelegramBot(options, components)
     await bot.start()
     try:
         warmup = message_update(user(TELEGRAM_UID0 - 1, name="Warmup"), text="Hi")
