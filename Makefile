@@ -9,12 +9,12 @@ TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= models,dev
 DEPS_STAMP := $(VENV)/.deps-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test install models browser lint bench clean-venv
+.PHONY: run test install models browser redis lint bench clean-venv
 
 run: install
 	$(BIN)/python run_bots.py $(ARGS)
 
-test: install browser
+test: install browser redis
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The web page's end-to-end test drives Debian's Chromium (no browser download from anywhere else).
@@ -23,6 +23,14 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
 	  else echo "note: install Debian's chromium and chromium-driver for the browser test"; fi; }
+
+# The queue-mode tests start their own Debian redis-server (tests/redis_server.py); the system service
+# is left alone.
+redis:
+	@command -v redis-server >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; \
+	  else echo "note: install Debian's redis-server for the queue-mode tests"; fi; }
 
 install: $(DEPS_STAMP) models
 

@@ -73,3 +73,12 @@ def stages(tmp_path_factory: pytest.TempPathFactory):
         }
     )
     return build_synthesizer(s), build_renderer(s)
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """A private redis-server (Debian's, installed by `make test`) on a free 127.0.0.1 port."""
+    from tests.redis_server import RedisServer
+
+    with RedisServer() as server:
+        yield server
