@@ -1,7 +1,8 @@
 """The command-line adapter: `python run_bots.py reply|say|voices|models ...`.
 
-Like the bot adapters it only turns its input into a ReplyRequest and shows the result; all model
-work happens in the pipeline. `say` and `voices` touch only the speech stage, so they start in a
+Like the bot adapters it only turns its input into a reply job for the application core (bots/core),
+built the way the service builds it (bots/runtime.py), and shows the result; all model work happens
+in the pipeline. `say` and `voices` touch only the speech stage, so they start in a
 second or two (no Whisper, chat model or renderer is loaded).
 
 Exit codes: 0 done, 1 the input could not be answered (unreadable audio, empty text, a missing
@@ -24,6 +25,10 @@ from pipeline.config import Settings, load_settings
 from pipeline.errors import ConfigError, TalkTwinError
 
 if TYPE_CHECKING:
+    from bots.core.messages import Capabilities
+    from bots.core.reply_job import ReplyOutcome
+    from bots.runtime import Components
+    from pipeline.orchestrator import ReplyPipeline, ReplyRequest, ReplyResult
     from pipeline.tts.base import SpeechSynthesizer
     from pipeline.types import Speech, VoiceSettings
 
@@ -176,8 +181,9 @@ def _list_renderer_files(settings: Settings) -> bool:
 
 
 def reply_command(settings: Settings, args: argparse.Namespace) -> int:
+    """One reply through the service's own composition (bots/runtime.py `Components`) and its
+    application core, as platform "cli": the answer goes to `-o`."""
     from memory.keys import check_user
-    from pipeline.orchestrator import ReplyPipeline, ReplyRequest
 
     lang = _ui_language()
     try:
@@ -195,32 +201,121 @@ def reply_command(settings: Settings, args: argparse.Namespace) -> int:
     output = _writable(
         args.output or settings.resolve("out") / ("reply.ogg" if args.format == "voice" else "reply.mp4")
     )
+    from bots.core.conversations import Refused, admission_text
+    from bots.runtime import Components
+
+    t0 = time.perf_counter()
+    _status("loading models...")
     try:
-        request = ReplyRequest(
-            user=args.user,
-            text=args.text,
-            audio=audio,
-            avatar=avatar,
-            format=args.format,
-            subtitles=args.subtitles,
-        )
-        t0 = time.perf_counter()
-        _status("loading models...")
-        pipeline = ReplyPipeline.from_settings(settings)
-        _status(f"models ready in {time.perf_counter() - t0:.1f} s")
-        result = pipeline.reply(request, output, on_progress=_show_progress)
+        components = Components.load(settings)
     except TalkTwinError as e:
-        print(f"error: {e.user_message(lang)}", file=sys.stderr)
-        log.info("user error %s: %s", e.code, e)
+        return _user_error(e, lang)
+    try:
+        _status(f"models ready in {time.perf_counter() - t0:.1f} s")
+        # with the models here (not queue mode), the pipeline runs with what the command line shows
+        shown = _Shown(components.pipeline) if components.pipeline is not None else None
+        outcome = asyncio.run(_reply(components, settings, shown, args, audio, avatar))
+        media = _keep(components, outcome.media, output) if outcome.media is not None else None
+    except Refused as refusal:  # not expected of a service of its own; said like any refusal
+        print(f"error: {admission_text(refusal.verdict, refusal.retry_s, lang)}", file=sys.stderr)
         return 1
-    print(f"Q: {result.question}")
-    print(f"A: {result.answer}")
-    timings = "  ".join(f"{k} {v:.2f}s" for k, v in result.timings.as_dict().items())
-    if result.media_path is not None:
-        engines = ", ".join(result.tts_engines)
-        print(f"{result.media_path}  ({result.duration:.1f} s {result.format}, voice: {engines})")
+    except TalkTwinError as e:
+        return _user_error(e, lang)
+    finally:
+        components.close()
+    print(f"Q: {outcome.question}")
+    print(f"A: {outcome.answer}")
+    timings = "  ".join(f"{k} {v:.2f}s" for k, v in outcome.timings.items())
+    if media is not None and shown is not None:
+        engines = ", ".join(shown.engines)
+        print(f"{media}  ({outcome.duration:.1f} s {shown.format}, voice: {engines})")
+    elif media is not None:  # made by a queue worker: which voice spoke is not reported back
+        print(f"{media}  ({outcome.duration:.1f} s {outcome.kind})")
     print(f"timings: {timings}")
     return 0
+
+
+def _user_error(error: TalkTwinError, lang: str) -> int:
+    print(f"error: {error.user_message(lang)}", file=sys.stderr)
+    log.info("user error %s: %s", error.code, error)
+    return 1
+
+
+def cli_capabilities(settings: Settings) -> Capabilities:
+    """What a reply on the command line can be: a file, so the round video (a square one, cut at a
+    sentence to its length) as well as any other; no upload to fit."""
+    from bots.core.messages import Capabilities, RoundVideo
+
+    output = settings.output
+    return Capabilities(
+        max_upload_mb=settings.limits.max_upload_mb,
+        text_limit=1 << 20,
+        round_video=RoundVideo(max_seconds=output.video_note_max_seconds),
+    )
+
+
+async def _reply(
+    components: Components,
+    settings: Settings,
+    shown: _Shown | None,
+    args: argparse.Namespace,
+    audio: bytes | None,
+    avatar: bytes | None,
+) -> ReplyOutcome:
+    """Admit and run the reply as the core does for every platform; the answer stays a blob."""
+    from dataclasses import replace
+
+    from bots.core.conversations import output_for
+    from bots.core.execution import InProcessExecutor
+
+    core = components.core
+    spec = output_for(args.format or settings.output.format, cli_capabilities(settings), core.frame)
+    if shown is not None:
+        shown.format = "video_note" if spec.round else spec.kind
+        core.executor = InProcessExecutor(shown, core.blobs, components.service.pool)
+    job = await core.new_job(
+        args.user, args.user, spec, text=args.text, audio=audio, subtitles=args.subtitles
+    )
+    own_avatar = core.blobs.put(avatar) if avatar is not None else None
+    try:
+        if own_avatar is not None:  # for this reply only: a blob of the job's own (new_job would keep it)
+            job = replace(job, avatar=own_avatar)
+        return await core.run(job)
+    finally:
+        core.blobs.delete(own_avatar)
+
+
+class _Shown:
+    """The pipeline as the core's executor calls it, plus what the command line shows: its progress
+    lines, the voices used, and a video note cut to its length (the executor passes the spec's kind
+    only, and a ReplyOutcome has no voices)."""
+
+    def __init__(self, pipeline: ReplyPipeline) -> None:
+        self.pipeline = pipeline
+        self.format = ""
+        self.engines: tuple[str, ...] = ()
+
+    def reply(self, request: ReplyRequest, out: Path) -> ReplyResult:
+        from dataclasses import replace
+
+        result = self.pipeline.reply(replace(request, format=self.format), out, on_progress=_show_progress)
+        self.engines = result.tts_engines
+        return result
+
+
+def _keep(components: Components, ref: str, output: Path) -> Path:
+    """Move the rendered answer from the core's blob store to `output`."""
+    import shutil
+
+    try:
+        source = components.core.blobs.path(ref)
+        try:
+            os.replace(source, output)
+        except OSError:  # another file system
+            shutil.copyfile(source, output)
+        return output
+    finally:
+        components.core.blobs.delete(ref)
 
 
 def say_command(settings: Settings, args: argparse.Namespace) -> int:

@@ -63,6 +63,45 @@ def test_missing_input_file(tmp_path: Path):
     )
 
 
+def test_reply_runs_through_the_service_composition_and_core(
+    tmp_path: Path, stages, avatar_bytes: bytes, monkeypatch: pytest.MonkeyPatch, capsys
+):
+    """In process, with the scripted chat model: the same lines as ever, the file at -o, no blobs."""
+    from bots.cli import main
+    from memory.store import MemoryStore
+    from pipeline.orchestrator import ReplyPipeline
+    from tests.helpers import NoRecognizer, ScriptedChat
+
+    def scripted(settings, *, context=None) -> ReplyPipeline:
+        synthesizer, renderer = stages
+        return ReplyPipeline(
+            settings,
+            recognizer=NoRecognizer(),
+            chat_model=ScriptedChat("Paris, of course."),
+            synthesizer=synthesizer,
+            renderer=renderer,
+            context=MemoryStore.from_settings(settings),
+        )
+
+    monkeypatch.setattr(ReplyPipeline, "from_settings", scripted)
+    monkeypatch.setenv("TALKTWIN_PATHS__DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("TALKTWIN_RENDER__SIZE", "256")
+    (tmp_path / "me.jpg").write_bytes(avatar_bytes)
+    out = tmp_path / "answer.mp4"
+    code = main(
+        ["reply", "--text", "Capital of France?", "--avatar", str(tmp_path / "me.jpg"), "-o", str(out)]
+    )
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    q, a, media, timings = printed.out.splitlines()
+    assert q == "Q: Capital of France?" and a == "A: Paris, of course."
+    assert media.startswith(f"{out}  (") and " s video_note, voice: " in media
+    assert timings.startswith("timings: ") and "render" in timings
+    assert "· answer: Paris, of course." in printed.err  # the progress lines
+    assert out.read_bytes()[4:8] == b"ftyp"
+    assert list((tmp_path / "data" / "blobs").iterdir()) == []  # moved out; the photo was this reply's
+
+
 # --- every bad argument: one line on stderr, exit code 2, before any model loads -----------------------
 
 

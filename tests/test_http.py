@@ -225,6 +225,27 @@ def test_a_request_a_crash_interrupted_is_answered_on_retry_and_errors_replay(
     assert busy.status_code == 429
 
 
+def test_a_reply_runs_through_the_core_recording_its_attempt_and_output_and_leaving_no_blobs(
+    client: TestClient, components: Components, avatar_bytes: bytes, tmp_path: Path
+):
+    r = client.post(
+        "/v1/reply",
+        data={"user": "olga", "text": "Hi", "format": "video_note"},
+        files={"avatar": ("me.jpg", avatar_bytes, "image/jpeg")},  # for this reply only
+        headers={"Idempotency-Key": "olga-1"},
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["format"] == "video"  # HTTP has no round video: an ordinary one
+    job = components.jobs.find("http", user_key("http", "olga"), "olga-1")
+    assert job is not None and job.status == "done" and job.attempts == 1  # one attempt, counted once
+    assert job.spec is not None and json.loads(job.spec)["kind"] == "video"
+    assert not json.loads(job.spec)["round"]
+    media = tmp_path / "data" / "media" / r.json()["media_url"].rsplit("/", 1)[-1]
+    assert media.read_bytes()[4:8] == b"ftyp"
+    assert list(components.core.blobs.root.iterdir()) == []  # the answer moved out, the photo gone
+    assert components.memory.avatar(user_key("http", "olga")) is None  # nor kept as their avatar
+
+
 @pytest.mark.real_models
 def test_killed_mid_reply_a_retry_with_the_same_key_is_answered_once(models_installed, tmp_path: Path):
     import os

@@ -1,8 +1,9 @@
 """The HTTP adapter (FastAPI): the reply API, user management, health, metrics and the web page.
 
-Like the bots it only normalises requests and returns what the pipeline made. Users are named by
-the caller (`user` field / path), stored as "http:<id>"; ids are validated, never joined into paths.
-Generated media is kept under data/media/ by random token for a while and served from there.
+Like the bots it only normalises requests and returns what the application core (bots/core) made.
+Users are named by the caller (`user` field / path), stored as "http:<id>"; ids are validated, never
+joined into paths. Generated media is moved from the core's blob store to data/media/ under a random
+token, kept there for a while and served from there.
 
 A client may send an `Idempotency-Key` header with a reply request. The job is then recorded before
 any work: the same key again gets the first response back instead of a second answer, and after a
@@ -11,27 +12,32 @@ crash the retried request is answered (at most MAX_ATTEMPTS tries).
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import logging
+import os
 import re
 import secrets
+import shutil
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, File, Form, Header, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
+from bots.core.conversations import Refused, output_for
+from bots.core.messages import Capabilities
+from bots.core.reply_job import OutputSpec, ReplyOutcome
 from bots.jobs import MAX_ATTEMPTS, Job
 from bots.service import Admission
 from bots.texts import user_language
 from memory.keys import user_key
 from pipeline.errors import ConfigError, FileTooLarge, InternalFailure, TalkTwinError
-from pipeline.orchestrator import ReplyRequest
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +46,7 @@ USER_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MEDIA_NAME = re.compile(r"^[0-9a-f]{32}\.(mp4|ogg)$")
 IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 FORMATS = ("video", "video_note", "voice", "text")
+TEXT_LIMIT = 1 << 20  # an answer in a JSON body has no length limit worth speaking of
 STATUS = {
     "file_too_large": 413,
     "audio_too_long": 413,
@@ -93,11 +100,15 @@ def _is_loopback(host: str) -> bool:
 
 
 def create_app(components, options: HttpOptions) -> FastAPI:
-    """The FastAPI app over shared `components` (pipeline, memory, knowledge, service)."""
-    settings = components.pipeline.settings
+    """The FastAPI app over shared `components`: replies go through `components.core`."""
+    # in queue mode there is no pipeline in this process: the settings are the components' own
+    settings = getattr(components, "settings", None) or components.pipeline.settings
+    core = components.core
     media_dir = settings.resolve(settings.paths.data_dir) / "media"
     media_dir.mkdir(parents=True, exist_ok=True)
     upload_limit = int(settings.limits.max_upload_mb * 1e6)
+    # HTTP has no round video; it takes whatever the service accepts as an upload
+    capabilities = Capabilities(max_upload_mb=settings.limits.max_upload_mb, text_limit=TEXT_LIMIT)
     jobs = components.jobs
     in_work: set[int] = set()  # ids of idempotent jobs this process is answering right now
     app = FastAPI(title="TalkTwin", version="0.1.0", description="Talk to your digital twin.")
@@ -114,6 +125,9 @@ def create_app(components, options: HttpOptions) -> FastAPI:
 
     def lang_of(request: Request) -> str:
         return user_language(request.headers.get("accept-language", ""))
+
+    def wants_mp4(request: Request) -> bool:
+        return "video/mp4" in request.headers.get("accept", "")
 
     @app.exception_handler(TalkTwinError)
     async def user_error(request: Request, exc: TalkTwinError) -> JSONResponse:
@@ -139,25 +153,28 @@ def create_app(components, options: HttpOptions) -> FastAPI:
 
     def claim(
         key: str, idempotency_key: str, text: str | None, audio: bytes | None
-    ) -> tuple[int | None, Job | None]:
-        """Record the request as a job and mark it in work: (job id, None) to answer it, or
-        (None, the job recorded earlier) when it is answered already, in work, or given up."""
+    ) -> tuple[int | None, OutputSpec | None, Job | None]:
+        """Record the request as a job and mark it in work: (job id, the output decided for it
+        before, if any, None) to answer it, or (None, None, the job recorded earlier) when it is
+        answered already, in work, or given up. The core counts each attempt when it admits it."""
         with claims:  # accepting and marking in work is one step: two identical requests never both run
             job_id = jobs.accept("http", key, idempotency_key, key, key, text=text, audio=audio)
             job = None if job_id is not None else jobs.find("http", key, idempotency_key)
+            spec = None
             if (
                 job is not None
                 and job.status != "done"
                 and job.id not in in_work
                 and job.attempts < MAX_ATTEMPTS
             ):
-                job_id, job = job.id, None  # accepted before a crash or a refusal: answer it now
+                # accepted before a crash or a refusal: answer it now, as decided when first admitted
+                spec = OutputSpec(**json.loads(job.spec)) if job.spec else None
+                job_id, job = job.id, None
             if job_id is not None:
                 in_work.add(job_id)
-                jobs.start(job_id)
-            return job_id, job
+            return job_id, spec, job
 
-    def earlier_response(job: Job, request: Request) -> Response:
+    def earlier_response(job: Job, lang: str, mp4: bool) -> Response:
         """What a repeated request gets: the first response, or why there is none (yet)."""
         if job.status != "done" and job.id in in_work:
             return JSONResponse(
@@ -166,24 +183,20 @@ def create_app(components, options: HttpOptions) -> FastAPI:
                 headers={"Retry-After": "5"},
             )
         if job.status != "done":  # it crashed the service MAX_ATTEMPTS times
-            lost = {"error": "job_lost", "message": InternalFailure().user_message(lang_of(request))}
+            lost = {"error": "job_lost", "message": InternalFailure().user_message(lang)}
             jobs.finish(job.id, json.dumps({"status": 500, "body": lost}))
             return JSONResponse(lost, status_code=500)
         saved = json.loads(job.result or "{}")
         body, status = saved.get("body", {}), saved.get("status", 500)
         media = media_dir / (body.get("media_url") or "").rsplit("/", 1)[-1]
         replayed = {"Idempotent-Replayed": "true"}
-        if (
-            "video/mp4" in request.headers.get("accept", "")
-            and MEDIA_NAME.fullmatch(media.name)
-            and media.is_file()
-        ):
+        if mp4 and MEDIA_NAME.fullmatch(media.name) and media.is_file():
             return FileResponse(media, media_type="video/mp4", headers=replayed)
         return JSONResponse(body, status_code=status, headers=replayed)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
-        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+        return HTMLResponse(await asyncio.to_thread(PAGE.read_text, encoding="utf-8"))
 
     @app.get("/healthz")
     async def healthz() -> dict:
@@ -215,26 +228,27 @@ def create_app(components, options: HttpOptions) -> FastAPI:
         if idempotency_key is not None and not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
             raise HTTPException(422, "Idempotency-Key: 1-100 letters, digits, '_', '-', '.' or ':'")
         audio_bytes, avatar_bytes = await read_upload(audio), await read_upload(avatar)
-        job_id = None
+        job_id, spec = None, None
         if idempotency_key is not None:
-            job_id, earlier = await components.service.call(claim, key, idempotency_key, text, audio_bytes)
+            job_id, spec, earlier = await asyncio.to_thread(claim, key, idempotency_key, text, audio_bytes)
             if earlier is not None:
-                return earlier_response(earlier, request)
+                return await asyncio.to_thread(
+                    earlier_response, earlier, lang_of(request), wants_mp4(request)
+                )
+        spec = spec or output_for(format, capabilities, core.frame)
         try:
-            outcome = await answer(key, user, text, audio_bytes, avatar_bytes, format, subtitles)
-        except TalkTwinError as e:
-            outcome = _Outcome(
-                STATUS.get(e.code, 400), {"error": e.code, "message": e.user_message(lang_of(request))}
+            outcome = await answer(
+                key, user, text, audio_bytes, avatar_bytes, spec, subtitles, job_id, lang_of(request)
             )
+            if job_id is not None and outcome.status != 429:  # a refused request may come again, same key
+                saved = json.dumps({"status": outcome.status, "body": outcome.body})
+                await asyncio.to_thread(jobs.finish, job_id, saved)
         except Exception:
             log.exception("reply failed")  # the job stays open: a retry with the same key tries again
             raise InternalFailure() from None
         finally:
-            in_work.discard(job_id or -1)
-        if job_id is not None and outcome.status != 429:  # a refused request may come again, same key
-            saved = json.dumps({"status": outcome.status, "body": outcome.body})
-            await components.service.call(jobs.finish, job_id, saved)
-        if outcome.media is not None and "video/mp4" in request.headers.get("accept", ""):
+            in_work.discard(job_id or -1)  # after `finish`: a repeat meanwhile is told "in progress"
+        if outcome.media is not None and wants_mp4(request):
             return FileResponse(outcome.media, media_type="video/mp4")
         return JSONResponse(outcome.body, status_code=outcome.status, headers=outcome.headers)
 
@@ -244,46 +258,68 @@ def create_app(components, options: HttpOptions) -> FastAPI:
         text: str | None,
         audio: bytes | None,
         avatar: bytes | None,
-        format: str,
+        spec: OutputSpec,
         subtitles: bool | None,
+        job_id: int | None,
+        lang: str,
     ) -> _Outcome:
-        """Admit and run one reply."""
-        verdict, retry_s = components.service.admit(key)
-        if verdict in (Admission.BUSY, Admission.FULL, Admission.RATE_LIMITED):
-            wait = max(1, round(retry_s)) if verdict is not Admission.BUSY else 5
-            body = {"error": verdict.value, "message": f"busy, try again in {wait} s"}
+        """Run one reply through the core: the response, a refusal (429) or a user error."""
+        own_avatar = None
+        try:
+            job = await core.new_job(
+                key, key, spec, text=text, audio=audio, subtitles=subtitles, job_id=job_id
+            )
+            if avatar is not None:  # for this reply only: a blob of the job's own, deleted after it
+                own_avatar = await asyncio.to_thread(core.blobs.put, avatar)
+                job = replace(job, avatar=own_avatar)
+            done = await core.run(job, job_id=job_id)
+        except Refused as refusal:
+            wait = max(1, round(refusal.retry_s)) if refusal.verdict is not Admission.BUSY else 5
+            body = {"error": refusal.verdict.value, "message": f"busy, try again in {wait} s"}
             return _Outcome(429, body, headers={"Retry-After": str(wait)})
-        _purge(media_dir, options.media_ttl_s)
-        out = media_dir / f"{secrets.token_hex(16)}.{'ogg' if format == 'voice' else 'mp4'}"
-        profile = components.memory.profile(key)
-        req = ReplyRequest(
-            user=key,
-            text=text,
-            audio=audio,
-            avatar=avatar or components.memory.avatar(key),
-            voice=profile.voice,
-            format=format,
-            subtitles=subtitles,
+        except TalkTwinError as e:
+            return _Outcome(STATUS.get(e.code, 400), {"error": e.code, "message": e.user_message(lang)})
+        finally:
+            await asyncio.to_thread(core.blobs.delete, own_avatar)
+        media = await asyncio.to_thread(keep_media, done) if done.media is not None else None
+        transcript = (
+            {"text": done.transcript, "language": done.transcript_language}
+            if done.transcript is not None
+            else None
         )
-        result = await components.service.run(key, components.pipeline.reply, req, out)
-        transcript = result.transcript
         return _Outcome(200, {
             "user": user,
-            "question": result.question,
-            "transcript": {"text": transcript.text, "language": transcript.language} if transcript else None,
-            "answer": result.answer,
-            "language": result.language,
-            "format": result.format,
-            "duration": round(result.duration, 3),
-            "truncated": result.truncated,
-            "timings": result.timings.as_dict(),
-            "media_url": f"/v1/media/{result.media_path.name}" if result.media_path else None,
-        }, result.media_path)  # fmt: skip
+            "question": done.question,
+            "transcript": transcript,
+            "answer": done.answer,
+            "language": done.language,
+            "format": done.kind,
+            "duration": round(done.duration, 3),
+            "truncated": done.truncated,
+            "timings": done.timings,
+            "media_url": f"/v1/media/{media.name}" if media else None,
+        }, media)  # fmt: skip
+
+    def keep_media(outcome: ReplyOutcome) -> Path:
+        """Move a rendered answer out of the core's blob store into the media folder, under a new
+        random name; media older than the time-to-live go."""
+        assert outcome.media is not None
+        try:
+            _purge(media_dir, options.media_ttl_s)
+            source = core.blobs.path(outcome.media)
+            target = media_dir / f"{secrets.token_hex(16)}.{'ogg' if outcome.kind == 'voice' else 'mp4'}"
+            try:
+                os.replace(source, target)
+            except OSError:  # another file system
+                shutil.copyfile(source, target)
+            return target
+        finally:
+            core.blobs.delete(outcome.media)
 
     @app.get("/v1/media/{name}", dependencies=[Depends(authorised)])
     async def media(name: str) -> FileResponse:
         path = media_dir / name
-        if not MEDIA_NAME.fullmatch(name) or not path.is_file():
+        if not MEDIA_NAME.fullmatch(name) or not await asyncio.to_thread(path.is_file):
             raise HTTPException(404, "no such media (they expire after an hour)")
         return FileResponse(path, media_type="video/mp4" if name.endswith(".mp4") else "audio/ogg")
 
@@ -293,16 +329,14 @@ def create_app(components, options: HttpOptions) -> FastAPI:
         key = checked_user(user_id)
         data = await read_upload(image)
         assert data is not None
-        await components.service.call(components.pipeline.prepare_avatar, data)
-        await components.service.call(components.memory.set_avatar, key, data)
+        await asyncio.to_thread(core.check_photo, data)
+        await asyncio.to_thread(components.memory.set_avatar, key, data)
         return {"user": user_id, "avatar": "set"}
 
     @app.delete("/v1/users/{user_id}", dependencies=[Depends(authorised)])
     async def forget(user_id: str) -> dict:
-        """Delete everything about the user: memory, profile, avatar, documents, media."""
-        key = checked_user(user_id)
-        await components.service.call(components.memory.forget, key)
-        await components.service.call(jobs.forget, key)
+        """Delete everything about the user: memory, profile, avatar, documents, media, jobs."""
+        await core.forget(checked_user(user_id))
         return {"user": user_id, "deleted": True}
 
     return app
