@@ -14,9 +14,9 @@ import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from bots.core.blobs import FolderBlobStore
+from bots.core.blobs import blob_store
 from bots.core.conversations import Conversations
-from bots.core.execution import InProcessExecutor
+from bots.core.execution import InProcessExecutor, JobExecutor
 from bots.discord.bot import DiscordBot
 from bots.discord.options import DiscordOptions
 from bots.http.app import HttpOptions
@@ -37,55 +37,88 @@ VOICES = {"auto": "auto: edge-tts when reachable, else Piper (English) / Mandari
 
 @dataclass
 class Components:
-    """What every adapter shares: one pipeline (models loaded once), memory, knowledge, job service,
-    and the application core built on them."""
+    """The composition root: what every adapter shares, built once.
 
-    pipeline: ReplyPipeline
+    Embedded mode: one pipeline (models loaded once) in this process, run by the in-process executor.
+    Queue mode (`queue.broker_url` set): no pipeline here; replies go to Celery workers over Redis.
+    Memory, knowledge, the job ledger and the reply service are here in both, and the application
+    core (`core`) is built on them.
+    """
+
+    pipeline: ReplyPipeline | None
     memory: MemoryStore
     knowledge: KnowledgeBase
     service: ReplyService
     jobs: JobStore
+    settings: Settings | None = None
     core: Conversations = field(init=False)
+    executor: JobExecutor = field(init=False)
 
     def __post_init__(self) -> None:
-        settings = self.pipeline.settings
-        blobs = FolderBlobStore(settings.resolve(settings.paths.data_dir) / "blobs")
+        if self.settings is None:
+            assert self.pipeline is not None, "Components need settings or a pipeline"
+            self.settings = self.pipeline.settings
+        settings = self.settings
+        blobs = blob_store(settings)
+        if settings.queue.broker_url:
+            from bots.queue.executor import CeleryExecutor
+
+            queue = CeleryExecutor(settings, blobs)
+            self.executor, check_photo = queue, queue.check_photo
+        else:
+            assert self.pipeline is not None, "embedded mode needs the pipeline"
+            self.executor = InProcessExecutor(self.pipeline, blobs, self.service.pool)
+            check_photo = self.pipeline.prepare_avatar
         self.core = Conversations(
             memory=self.memory,
             knowledge=self.knowledge,
             jobs=self.jobs,
             service=self.service,
-            executor=InProcessExecutor(self.pipeline, blobs, self.service.pool),
+            executor=self.executor,
             blobs=blobs,
-            check_photo=self.pipeline.prepare_avatar,
+            check_photo=check_photo,
             frame=settings.render.frame,
             reply_timeout_s=settings.reply.timeout_s,
         )
 
     @classmethod
     def load(cls, settings: Settings) -> Components:
-        pipeline = ReplyPipeline.from_settings(settings)
-        pipeline.warm_up()
-        memory = pipeline.context
-        assert isinstance(memory, MemoryStore) and memory.knowledge is not None
+        """Build everything for `settings`: in queue mode without loading a single model."""
+        if settings.queue.broker_url:
+            pipeline = None
+            knowledge = KnowledgeBase.from_settings(settings)
+            memory = MemoryStore.from_settings(settings, knowledge=knowledge)
+            workers = max(1, settings.reply.max_queue)  # the workers' machines bound the real concurrency
+        else:
+            pipeline = ReplyPipeline.from_settings(settings)
+            pipeline.warm_up()
+            memory = pipeline.context
+            assert isinstance(memory, MemoryStore) and memory.knowledge is not None
+            knowledge = memory.knowledge
+            workers = settings.reply.workers or (4 if renders_on_gpu(pipeline.renderer) else 1)
         if settings.knowledge.shared_folder:
             folder = settings.resolve(settings.knowledge.shared_folder)
-            log.info("shared knowledge folder %s: %s", folder, memory.knowledge.sync_shared(folder))
+            log.info("shared knowledge folder %s: %s", folder, knowledge.sync_shared(folder))
         tg = settings.telegram
         service = ReplyService(
             max_pending=tg.max_pending,
             max_queue=settings.reply.max_queue,
             rate_limit=tg.rate_limit_per_minute,
-            workers=settings.reply.workers or (4 if renders_on_gpu(pipeline.renderer) else 1),
+            workers=workers,
         )
         jobs = JobStore(memory.engine, settings.resolve(settings.paths.data_dir) / "jobs")
-        return cls(pipeline, memory, memory.knowledge, service, jobs)
+        return cls(pipeline, memory, knowledge, service, jobs, settings)
 
     def describe(self) -> list[str]:
         """What runs where, for the start-up lines."""
-        s = self.pipeline.settings
-        renderer = self.pipeline.renderer
-        device = renderer.capabilities.device
+        s = self.settings
+        assert s is not None
+        if self.pipeline is None:
+            return [
+                f"replies            queue mode: Celery workers over {_redacted(s.queue.broker_url)}",
+                f"data               {s.resolve(s.paths.data_dir)}",
+            ]
+        device = self.pipeline.renderer.capabilities.device
         return [
             f"speech recognition {s.asr.backend}: {s.asr.model}",
             f"language model     {s.llm.backend}: {s.llm.model}",
@@ -97,8 +130,18 @@ class Components:
 
     def close(self) -> None:
         self.service.shutdown()
+        self.executor.close()
         self.memory.close()
-        self.pipeline.close()
+        if self.pipeline is not None:
+            self.pipeline.close()
+
+
+def _redacted(url: str) -> str:
+    """A broker URL without its password, for logs."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.split("@", 1)[1]
+    return scheme + sep + rest
 
 
 def configured_adapters(settings: Settings, environ: Mapping[str, str]) -> list[str]:

@@ -214,6 +214,14 @@ class DiscordSettings(_Section):
     upload_limit_mb: float = Field(gt=0)
 
 
+class QueueSettings(_Section):
+    broker_url: str
+    blob_dir: str
+    worker_concurrency: int = Field(ge=0, le=32)
+    redelivery_after_s: float = Field(gt=0)
+    max_deliveries: int = Field(ge=1, le=10)
+
+
 class Settings(_Section):
     paths: PathSettings
     limits: LimitSettings
@@ -227,6 +235,7 @@ class Settings(_Section):
     knowledge: KnowledgeSettings
     telegram: TelegramSettings
     discord: DiscordSettings
+    queue: QueueSettings
 
     def resolve(self, path: str | Path) -> Path:
         """A configured path, relative ones taken from the project root (not the working dir)."""

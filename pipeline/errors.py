@@ -142,6 +142,16 @@ class ChatModelCrashed(TalkTwinError):
     }
 
 
+class WorkerCrashed(TalkTwinError):
+    """The process making a reply died mid-reply (after the one retry)."""
+
+    code = "worker_crashed"
+    messages = {
+        "en": "Sorry, something broke while I was making that answer. Please send your message again.",
+        "zh": "抱歉，生成回答时出了故障，请再发一次。",
+    }
+
+
 class InternalFailure(TalkTwinError):
     code = "internal"
     messages = {
@@ -152,3 +162,17 @@ class InternalFailure(TalkTwinError):
 
 class ConfigError(Exception):
     """A bad setting, found at start-up; the message names the key."""
+
+
+def error_for_code(code: str, detail: str = "", params: dict[str, object] | None = None) -> TalkTwinError:
+    """The user-facing error a worker reported by its code and params (InternalFailure when unknown)."""
+    pending: list[type[TalkTwinError]] = [TalkTwinError]
+    while pending:
+        cls = pending.pop()
+        if cls.code == code and cls is not TalkTwinError:
+            error = cls.__new__(cls)
+            Exception.__init__(error, detail or code)
+            error.detail, error.params = detail, dict(params or {})
+            return error
+        pending.extend(cls.__subclasses__())
+    return InternalFailure(detail)

@@ -16,6 +16,8 @@ import shutil
 import time
 from pathlib import Path
 
+from pipeline.config import Settings
+
 REF = re.compile(r"[0-9a-f]{32,64}(\.[a-z0-9]{1,5})?")
 
 
@@ -88,3 +90,9 @@ class FolderBlobStore:
         if not REF.fullmatch(ref):
             raise UnknownBlob(ref)
         return self.root / ref
+
+
+def blob_store(settings: Settings) -> FolderBlobStore:
+    """The configured store: `queue.blob_dir`, else <data_dir>/blobs."""
+    folder = settings.queue.blob_dir or str(settings.resolve(settings.paths.data_dir) / "blobs")
+    return FolderBlobStore(settings.resolve(folder))
