@@ -89,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("voices", help="list the voices per engine and language, marking the defaults")
 
+    worker = sub.add_parser(
+        "worker", help="queue mode: load the models and make replies for the bots (needs queue.broker_url)"
+    )
+    worker.add_argument(
+        "--concurrency", type=int, default=0, help="replies at once (0 = queue.worker_concurrency)"
+    )
+
     models = sub.add_parser("models", help="the model store in checkpoints/")
     models.add_argument("action", choices=["install", "list"])
     return parser
@@ -119,6 +126,17 @@ def main(argv: list[str] | None = None) -> int:
             return say_command(settings, args)
         if args.command == "voices":
             return voices_command(settings)
+        if args.command == "worker":
+            if not settings.queue.broker_url:
+                raise BadArgument(
+                    "the worker needs a broker: set TALKTWIN_QUEUE__BROKER_URL=redis://host:port/0",
+                    "worker 需要消息队列：请设置 TALKTWIN_QUEUE__BROKER_URL=redis://主机:端口/0",
+                )
+            from bots.queue.worker import run_worker
+
+            logging.getLogger().setLevel(logging.INFO)
+            run_worker(settings, args.concurrency)
+            return 0
     except BadArgument as e:
         print(f"error: {e.messages[_ui_language()]}", file=sys.stderr)
         return 2

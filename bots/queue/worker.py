@@ -123,7 +123,7 @@ def run_worker(settings: Settings, concurrency: int = 0) -> None:
     )
 
 
-if __name__ == "__main__":  # python -m bots.queue.worker (what `run_bots.py worker` runs)
+if __name__ == "__main__":  # python -m bots.queue.worker, the same as `run_bots.py worker`
     import sys
 
     from pipeline.config import load_settings
