@@ -224,6 +224,10 @@ def reply_command(settings: Settings, args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     _status("loading models...")
+    # one reply from a terminal: its models in this process (a crash ends one command, not a service)
+    settings = settings.model_copy(
+        update={"reply": settings.reply.model_copy(update={"models_process": False})}
+    )
     try:
         components = Components.load(settings)
     except TalkTwinError as e:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from bots.core.blobs import blob_store
 from bots.core.conversations import Conversations
 from bots.core.execution import InProcessExecutor, JobExecutor
+from bots.core.model_process import ModelProcessExecutor
 from bots.discord.bot import DiscordBot
 from bots.discord.options import DiscordOptions
 from bots.http.app import HttpOptions
@@ -51,8 +52,8 @@ class Components:
     service: ReplyService
     jobs: JobStore
     settings: Settings | None = None
+    executor: JobExecutor | None = None  # None: built here for the mode
     core: Conversations = field(init=False)
-    executor: JobExecutor = field(init=False)
 
     def __post_init__(self) -> None:
         if self.settings is None:
@@ -60,14 +61,16 @@ class Components:
             self.settings = self.pipeline.settings
         settings = self.settings
         blobs = blob_store(settings)
-        if settings.queue.broker_url:
+        if self.executor is None and settings.queue.broker_url:
             from bots.queue.executor import CeleryExecutor
 
-            queue = CeleryExecutor(settings, blobs)
-            self.executor, check_photo = queue, queue.check_photo
-        else:
-            assert self.pipeline is not None, "embedded mode needs the pipeline"
+            self.executor = CeleryExecutor(settings, blobs)
+        elif self.executor is None:
+            assert self.pipeline is not None, "embedded mode needs the pipeline or an executor"
             self.executor = InProcessExecutor(self.pipeline, blobs, self.service.pool)
+        check_photo = getattr(self.executor, "check_photo", None)
+        if check_photo is None:
+            assert self.pipeline is not None
             check_photo = self.pipeline.prepare_avatar
         self.core = Conversations(
             memory=self.memory,
@@ -84,11 +87,27 @@ class Components:
     @classmethod
     def load(cls, settings: Settings) -> Components:
         """Build everything for `settings`: in queue mode without loading a single model."""
+        executor: JobExecutor | None = None
         if settings.queue.broker_url:
             pipeline = None
             knowledge = KnowledgeBase.from_settings(settings)
             memory = MemoryStore.from_settings(settings, knowledge=knowledge)
             workers = max(1, settings.reply.max_queue)  # the workers' machines bound the real concurrency
+        elif settings.reply.models_process:
+            pipeline = None
+            knowledge = KnowledgeBase.from_settings(settings)
+            memory = MemoryStore.from_settings(settings, knowledge=knowledge)
+            models = ModelProcessExecutor(settings, knowledge if settings.knowledge.enabled else None)
+            models.start()  # every model loads now, in the child, as they would here
+            drop_here = memory.forget_photo
+
+            def forget_photo(image: bytes) -> None:
+                if drop_here is not None:
+                    drop_here(image)  # the caches on disk
+                models.forget_photo(image)  # what the child's renderers hold
+
+            memory.forget_photo = forget_photo
+            executor, workers = models, int(models.info.get("workers", 1))
         else:
             pipeline = ReplyPipeline.from_settings(settings)
             pipeline.warm_up()
@@ -107,12 +126,23 @@ class Components:
             workers=workers,
         )
         jobs = JobStore(memory.engine, settings.resolve(settings.paths.data_dir) / "jobs")
-        return cls(pipeline, memory, knowledge, service, jobs, settings)
+        return cls(pipeline, memory, knowledge, service, jobs, settings, executor)
 
     def describe(self) -> list[str]:
         """What runs where, for the start-up lines."""
         s = self.settings
         assert s is not None
+        if isinstance(self.executor, ModelProcessExecutor):
+            info = self.executor.info
+            return [
+                f"speech recognition {s.asr.backend}: {s.asr.model}",
+                f"language model     {s.llm.backend}: {s.llm.model}",
+                f"voice              {VOICES.get(s.tts.backend, s.tts.backend)}",
+                f"renderer           {s.render.backend} on {info.get('device')}, {s.render.size} px, "
+                f"{self.service.workers} repl{'y' if self.service.workers == 1 else 'ies'} at a time",
+                f"models             in their own process (pid {info.get('pid')}): a crash costs one retry",
+                f"data               {s.resolve(s.paths.data_dir)}",
+            ]
         if self.pipeline is None:
             return [
                 f"replies            queue mode: Celery workers over {_redacted(s.queue.broker_url)}",

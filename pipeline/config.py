@@ -9,6 +9,7 @@ fails at start with a ConfigError that names the key, e.g. `llm.temperature: ...
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 import os
 import tomllib
@@ -59,6 +60,7 @@ class ReplySettings(_Section):
     asr_timeout_s: float = Field(gt=0)
     tts_timeout_s: float = Field(gt=0)
     render_timeout_s: float = Field(gt=0)
+    models_process: bool
 
 
 class AsrSettings(_Section):
@@ -128,6 +130,7 @@ class RenderSettings(_Section):
     avatar: Path
     frame: Literal["square", "photo"]
     share_batches: Literal["auto", "on", "off"]
+    plugins: list[str] = Field(default_factory=list)
 
     @model_validator(mode="before")
     @classmethod
@@ -300,6 +303,30 @@ def _with_backend_sections(sections: tuple[tuple[str, type[BackendSettings]], ..
     return create_model("Settings", __base__=Settings, render=(render, ...))
 
 
+def _import_plugins(modules: object) -> list[str]:
+    """Renderer backends from outside the project register themselves when imported, before the
+    settings (which name them) are checked."""
+    if isinstance(modules, str):
+        modules = [m for m in modules.split(",") if m.strip()]
+    if not isinstance(modules, list):
+        raise ConfigError("render.plugins: a list of module names")
+    for module in modules:
+        try:
+            importlib.import_module(str(module).strip())
+        except ImportError as e:
+            raise ConfigError(f"render.plugins: cannot import {module!r}: {e}") from None
+    return [str(m).strip() for m in modules]
+
+
+def settings_from_dump(data: dict[str, Any]) -> Settings:
+    """Settings rebuilt from `settings.model_dump()` (how they reach another process)."""
+    data = dict(data)
+    if isinstance(data.get("render"), dict):
+        data["render"] = dict(data["render"])
+        data["render"]["plugins"] = _import_plugins(data["render"].get("plugins", []))
+    return _settings_model().model_validate(data)
+
+
 def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Defaults, then the file at `path` (or $TALKTWIN_CONFIG), then env overrides; validated."""
     environ = os.environ if environ is None else environ
@@ -313,6 +340,8 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
         except (OSError, tomllib.TOMLDecodeError) as e:
             raise ConfigError(f"cannot read config file {path}: {e}") from e
     data = _merge(data, _env_overrides(environ), "")
+    if isinstance(data.get("render"), dict):
+        data["render"]["plugins"] = _import_plugins(data["render"].get("plugins", []))
     try:
         return _settings_model().model_validate(data)
     except ValidationError as e:

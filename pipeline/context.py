@@ -32,3 +32,9 @@ class ConversationContext(Protocol):
         ...
 
     def record_turn(self, conversation: str, user: str, user_text: str, answer: str) -> None: ...
+
+
+class KnowledgeSearch(Protocol):
+    """The part of a knowledge base a reply needs: the user's passages relevant to a question."""
+
+    def search(self, user: str, query: str, k: int | None = None) -> list: ...

@@ -28,7 +28,7 @@ from pipeline.asr.base import SpeechRecognizer
 from pipeline.assembler import ReplyAssembler
 from pipeline.cancel import CancelToken
 from pipeline.config import Settings
-from pipeline.context import ConversationContext, ReplyContext
+from pipeline.context import ConversationContext, KnowledgeSearch, ReplyContext
 from pipeline.errors import ChatModelCrashed, EmptyText, TextTooLong
 from pipeline.llm.base import ChatMessage, ChatModel, ChatStream
 from pipeline.media.audio_input import decode_audio
@@ -104,12 +104,17 @@ class ReplyPipeline:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, *, context: ConversationContext | None = None
+        cls,
+        settings: Settings,
+        *,
+        context: ConversationContext | None = None,
+        knowledge: KnowledgeSearch | None = None,
     ) -> ReplyPipeline:
         """Build every stage as configured (models are loaded here, once).
 
         Without `context`, conversations go to the persistent MemoryStore (which the chat model also
-        summarises for), with the knowledge base when it is enabled.
+        summarises for), with the knowledge base when it is enabled (`knowledge`: one reached
+        elsewhere, such as the service's own when the models run in a process of their own).
         """
         from memory.store import MemoryStore
         from pipeline.asr.whisper import WhisperRecognizer
@@ -132,7 +137,8 @@ class ReplyPipeline:
             chat_model=chat_model,
             synthesizer=build_synthesizer(settings),
             renderer=build_renderer(settings),
-            context=context or MemoryStore.from_settings(settings, chat_model=chat_model),
+            context=context
+            or MemoryStore.from_settings(settings, chat_model=chat_model, knowledge=knowledge),  # type: ignore[arg-type]
         )
 
     # ------------------------------------------------------------------ public API
