@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from typing import Any
 
@@ -37,8 +38,11 @@ class _Loaded:
 
         self.settings = settings
         self.pipeline = ReplyPipeline.from_settings(settings)
+        self.pipeline.warm_up()  # the default avatar, as in embedded mode: not on the first job's clock
         self.blobs = blob_store(settings)
         self.redis = redis.Redis.from_url(settings.queue.broker_url)
+        # Celery's "ready." comes from its main process, before this child has loaded anything
+        log.info("worker process %d: models loaded, taking replies", os.getpid())
 
 
 def register_tasks(app: Celery, settings: Settings) -> None:
