@@ -87,6 +87,7 @@ class Conversations:
         self.frame = frame
         self.reply_timeout_s = reply_timeout_s
         self._arrivals: dict[str, asyncio.Lock] = {}
+        self._one_off: set[str] = set()  # blob refs of avatars sent for one reply only
 
     # ------------------------------------------------------------------ who is talking
     async def language(self, user: str, locale: str | None = None) -> str:
@@ -248,8 +249,14 @@ class Conversations:
         """A job for the user with their voice and avatar (or `avatar`, for this reply only); the
         media go into the blob store."""
         profile = await asyncio.to_thread(self.memory.profile, user)
-        if avatar is None:
-            avatar = await asyncio.to_thread(self.memory.avatar, user)
+        if avatar is not None:  # this reply's own: dropped with the job, like its audio
+            avatar_ref: str | None = await asyncio.to_thread(self.blobs.put, avatar)
+            self._one_off.add(avatar_ref)
+        else:
+            stored = await asyncio.to_thread(self.memory.avatar, user)
+            avatar_ref = None
+            if stored is not None:
+                avatar_ref = await asyncio.to_thread(self.blobs.put_shared, stored)
         return ReplyJob(
             id=str(job_id) if job_id is not None else f"x{time.monotonic_ns()}",
             user=user,
@@ -257,7 +264,7 @@ class Conversations:
             output=spec,
             text=text,
             audio=await asyncio.to_thread(self.blobs.put, audio) if audio is not None else None,
-            avatar=await asyncio.to_thread(self.blobs.put_shared, avatar) if avatar is not None else None,
+            avatar=avatar_ref,
             voice=profile.voice,
             say=say,
             subtitles=subtitles,
@@ -299,6 +306,9 @@ class Conversations:
             return await running
         finally:
             self.blobs.delete(job.audio)
+            if job.avatar in self._one_off:
+                self._one_off.discard(job.avatar)
+                self.blobs.delete(job.avatar)
 
     async def deliver(self, sink: ReplySink, outcome: ReplyOutcome, spec: OutputSpec, lang: str) -> None:
         if outcome.media is None:

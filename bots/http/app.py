@@ -53,6 +53,9 @@ STATUS = {
     "text_too_long": 413,
     "model_missing": 503,
     "chat_model_crashed": 503,
+    "worker_crashed": 503,
+    "timeout": 504,
+    "internal": 500,
 }
 
 
