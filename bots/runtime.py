@@ -199,7 +199,7 @@ async def serve(settings: Settings, environ: Mapping[str, str] | None = None) ->
         adapters.append(TelegramBot(telegram, components))
     discord_options = DiscordOptions.from_env(environ, settings)
     if discord_options is not None:
-        adapters.append(DiscordBot(discord_options, *shared))
+        adapters.append(DiscordBot(discord_options, components))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from bots.discord.bot import DiscordBot
 from bots.discord.options import DiscordOptions
 from bots.jobs import JobRow, JobStore
+from bots.runtime import Components
 from bots.service import ReplyService
 from bots.texts import TEXTS
 from knowledge.base import KnowledgeBase
@@ -103,9 +104,8 @@ class Harness:
             guild_ready_timeout_s=0.1,
         )
         self.jobs = JobStore(self.memory.engine, settings.resolve(settings.paths.data_dir) / "jobs")
-        self.bot = DiscordBot(
-            replace(base, **opts), self.pipeline, self.memory, self.knowledge, self.service, self.jobs
-        )
+        self.components = Components(self.pipeline, self.memory, self.knowledge, self.service, self.jobs)
+        self.bot = DiscordBot(replace(base, **opts), self.components)
 
     def run(self, scenario: Callable[[Harness], Awaitable[None]]) -> None:
         async def main() -> None:
@@ -528,7 +528,7 @@ def test_a_message_arriving_during_recovery_is_answered_once(server, small_setti
     eli = user(300019, "eli")
     chan = dm_channel(300019)
     harness = Harness(server, small_settings, stages)
-    harness.jobs = harness.bot.jobs = SlowJobStore(harness.jobs.engine, harness.jobs.payload_dir)
+    harness.jobs = harness.bot.core.jobs = SlowJobStore(harness.jobs.engine, harness.jobs.payload_dir)
     sent = dm(eli, "Are you there?")
 
     def as_soon_as_connected() -> None:

@@ -1,9 +1,10 @@
-"""The Discord adapter (discord.py): messages and slash commands in, the pipeline's media out.
+"""The Discord adapter (discord.py): messages and slash commands in, answers out.
 
-No model code lives here. Each handler works out who is talking (user key, memory thread, language),
-admits the job (the Discord gate, then the shared ReplyService) and sends back what the pipeline made.
-Text and audio messages are durable jobs (bots/jobs.py): recorded before any model work, skipped when
-Discord delivers them twice, and answered after a restart when a crash interrupted them. The twin
+No model code and no job workflow live here. Each handler works out who is talking (user key, memory
+thread, language), applies the Discord gate (one reply per user at a time, a cooldown), turns the
+message or slash command into an `IncomingMessage` and hands it to the application core
+(bots/core/conversations.py) with a `DiscordSink` for the answers; the core records it as a durable
+job, admits, runs and delivers it, and answers after a restart what a crash interrupted. The twin
 (avatar, voice, documents) follows the Discord user everywhere; conversation memory is per channel and
 user in guilds and per DM.
 """
@@ -14,102 +15,49 @@ import asyncio
 import contextlib
 import logging
 import math
-import tempfile
 from collections.abc import Awaitable, Callable
-from pathlib import Path
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import discord
 import yarl
-from discord import app_commands
 
-from bots.discord.commands import ForgetView, TextsTranslator, register_commands
-from bots.discord.delivery import MessageTarget, Target, send_result, send_text_ephemeral
-from bots.discord.gate import Gate, UserGate
-from bots.discord.inputs import is_audio, is_document, is_image, reply_format
+from bots.core.messages import Document, IncomingMessage, ReplySink
+from bots.discord.client import DiscordClient, portal_help
+from bots.discord.delivery import DiscordSink, message_sink
+from bots.discord.gate import AnsweredSink, Gate, UserGate
+from bots.discord.inputs import download, is_audio, is_document, is_image
 from bots.discord.options import DiscordOptions
-from bots.jobs import MAX_ATTEMPTS, Job, JobStore
-from bots.service import Admission, ReplyService
-from bots.texts import t, user_language
+from bots.jobs import Job
+from bots.texts import t
 from memory.keys import conversation_key, user_key
-from pipeline.cancel import CancelToken
-from pipeline.errors import EmptyText, FileTooLarge, InternalFailure, TalkTwinError
-from pipeline.orchestrator import ReplyPipeline, ReplyRequest, ReplyResult
+
+if TYPE_CHECKING:
+    from bots.runtime import Components
 
 log = logging.getLogger(__name__)
 
 PLATFORM = "discord"
 AVATAR_WORDS = ("avatar", "头像")
 Say = Callable[[str], Awaitable[Any]]
-Work = Callable[[Path, CancelToken], ReplyResult]  # runs on the worker thread
-JobMaker = Callable[[], Awaitable[Work]]
-
-
-def portal_help(application_id: int | None) -> str:
-    """What to tell the operator when Discord refuses the message-content intent (close 4014)."""
-    where = f"https://discord.com/developers/applications/{application_id or '<APPLICATION_ID>'}/bot"
-    return (
-        "Discord refused the privileged message-content intent (close code 4014); running without it, "
-        "so in guild channels the bot only sees messages that mention it. To answer every message in "
-        f"DISCORD_CHANNEL_IDS, open {where}, enable 'Message Content Intent' under 'Privileged Gateway "
-        "Intents', save, and restart. (Or set [discord] message_content_intent = false to silence this.)"
-    )
-
-
-class _Client(discord.Client):
-    """discord.py's client, wired to a DiscordBot; rebuilt when the intents change."""
-
-    def __init__(self, bot: DiscordBot, message_content: bool) -> None:
-        intents = discord.Intents.default()  # no members/presences: those are privileged too
-        intents.message_content = message_content
-        super().__init__(
-            intents=intents,
-            guild_ready_timeout=bot.options.guild_ready_timeout_s,
-            allowed_mentions=discord.AllowedMentions(everyone=False, roles=False, replied_user=False),
-        )
-        self.bot = bot
-        self.tree = app_commands.CommandTree(self)
-        self.tree.on_error = bot.on_command_error  # type: ignore[method-assign]
-
-    async def setup_hook(self) -> None:
-        self.add_view(ForgetView(self.bot))  # persistent: the buttons work after a restart too
-        register_commands(self.tree, self.bot)
-        await self.tree.set_translator(TextsTranslator())
-        await self.tree.sync()
-
-    async def on_ready(self) -> None:
-        log.info("discord bot %s ready in %d guild(s)", self.user, len(self.guilds))
-        self.bot.ready.set()
-
-    async def on_message(self, message: discord.Message) -> None:
-        await self.bot.on_message(message)
 
 
 class DiscordBot:
     """Runs a discord.py client for TalkTwin."""
 
-    def __init__(
-        self,
-        options: DiscordOptions,
-        pipeline: ReplyPipeline,
-        memory,
-        knowledge,
-        service: ReplyService,
-        jobs: JobStore,
-    ) -> None:
+    def __init__(self, options: DiscordOptions, components: Components) -> None:
         self.options = options
-        self.pipeline = pipeline
-        self.memory = memory
-        self.knowledge = knowledge
-        self.service = service
-        self.jobs = jobs
+        self.core = components.core
+        self.memory = components.memory
+        self.knowledge = components.knowledge
         self.gate = UserGate(max_pending=options.max_pending, cooldown_s=options.cooldown_s)
         self.message_content = options.message_content_intent  # False once Discord refused it
-        self.client: _Client | None = None
+        self.client: DiscordClient | None = None
         self.ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._resuming: asyncio.Task[None] | None = None
         self._locales: dict[int, str] = {}  # user id -> the locale their last slash command carried
+        self._handling: set[str] = set()  # ids of the messages let through the gate, until answered
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -120,7 +68,7 @@ class DiscordBot:
         if self.options.gateway_url:
             discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(self.options.gateway_url)
         # Taken before connecting: a job accepted from now on belongs to its live handler only.
-        interrupted = await self.service.call(self.jobs.unfinished, PLATFORM)
+        interrupted = await self.core.unfinished(PLATFORM)
         self.ready.clear()
         self._task = asyncio.create_task(self._run(), name="discord-client")
         ready = asyncio.create_task(self.ready.wait())
@@ -128,12 +76,13 @@ class DiscordBot:
         ready.cancel()
         if self._task.done():
             self._task.result()  # a bad token and the like: raise here, at start
-        self._resuming = asyncio.create_task(self._resume(interrupted), name="discord-resume")
+        resume = self.core.resume(interrupted, self._sink_for_job)  # not gated: sent long ago
+        self._resuming = asyncio.create_task(resume, name="discord-resume")
 
     async def _run(self) -> None:
         content = self.options.message_content_intent
         while True:
-            self.client = _Client(self, content)
+            self.client = DiscordClient(self, content)
             try:
                 async with self.client:
                     await self.client.start(self.options.token)
@@ -170,11 +119,24 @@ class DiscordBot:
             PLATFORM, user.id, channel_id, group=True, shared_group=self.options.group_shared_memory
         )
 
-    def language_of(self, user: discord.abc.User, locale: str | None = None) -> str:
+    async def language_of(self, user: discord.abc.User, locale: str | None = None) -> str:
+        """Their stored choice, else the locale of their latest slash command (messages carry none)."""
         if locale:
             self._locales[user.id] = locale
-        preferred = self.memory.profile(self.user_key(user)).language
-        return user_language(locale or self._locales.get(user.id), preferred)
+        return await self.core.language(self.user_key(user), self._locales.get(user.id))
+
+    def incoming(
+        self, user: discord.abc.User, guild_id: int | None, channel_id: int, message_id: int, **content: Any
+    ) -> IncomingMessage:
+        return IncomingMessage(
+            platform=PLATFORM,
+            chat=str(channel_id),
+            message_id=str(message_id),
+            user=self.user_key(user),
+            conversation=self.thread(user, guild_id, channel_id),
+            locale=self._locales.get(user.id),
+            **content,
+        )
 
     def allowed(self, user_id: int, guild_id: int | None) -> bool:
         opts = self.options
@@ -186,10 +148,9 @@ class DiscordBot:
         me = self.client.user if self.client else None
         if me is None:
             return False
-        if any(u.id == me.id for u in message.mentions):
-            return True
         ref = message.reference.resolved if message.reference else None
-        return isinstance(ref, discord.Message) and ref.author.id == me.id
+        mentioned = any(u.id == me.id for u in message.mentions)
+        return mentioned or (isinstance(ref, discord.Message) and ref.author.id == me.id)
 
     def _addressed(self, message: discord.Message) -> bool:
         """DMs, mentions (and replies to the bot), and every message in the configured channels."""
@@ -204,268 +165,96 @@ class DiscordBot:
             text = text.replace(f"<@{me.id}>", "").replace(f"<@!{me.id}>", "")
         return text.strip()
 
-    def request(self, key: str, thread: str, **fields: Any) -> ReplyRequest:
-        profile = self.memory.profile(key)
-        fields.setdefault("format", reply_format(profile.mode))
-        return ReplyRequest(
-            user=key, conversation=thread, avatar=self.memory.avatar(key), voice=profile.voice, **fields
-        )
-
     # ------------------------------------------------------------------ messages
+    def _sink_for_job(self, job: Job) -> DiscordSink:
+        assert self.client is not None
+        channel = self.client.get_partial_messageable(int(job.chat_id))
+        return message_sink(channel.get_partial_message(int(job.message_id)), self.options.upload_limit_bytes)
+
     async def on_message(self, message: discord.Message) -> None:
         author = message.author
         if author.bot or not self._addressed(message):
             return
         guild_id = message.guild.id if message.guild else None
-        lang = self.language_of(author)
+        lang = await self.language_of(author)
         if not self.allowed(author.id, guild_id):
             if guild_id is None:
                 await message.reply(t("not_allowed", lang), mention_author=False)
             return
-        target = MessageTarget(message, self.options.upload_limit_bytes)
-        try:
-            await self._handle_message(message, lang, target)
-        except Exception as e:
-            await self._tell_failure(target.reply, lang, e)
-
-    async def _handle_message(self, message: discord.Message, lang: str, target: MessageTarget) -> None:
+        sink = message_sink(message, self.options.upload_limit_bytes)
+        incoming = self.incoming(author, guild_id, message.channel.id, message.id)
         text = self._strip_mention(message.content)
-        guild_id = message.guild.id if message.guild else None
-        thread = self.thread(message.author, guild_id, message.channel.id)
-        say = target.reply
         audio = [a for a in message.attachments if is_audio(a)]
         images = [a for a in message.attachments if is_image(a)]
         documents = [a for a in message.attachments if is_document(a)]
         if audio:
-            await self._answer(message, thread, lang, target, audio=await self.download(audio[0]))
+            await self.submit(incoming, sink, lang, fetch=("audio", audio[0]))
         elif images:
-            wants_avatar = guild_id is None or any(w in text.lower() for w in AVATAR_WORDS)
-            if not wants_avatar:
-                await say(t("dc_avatar_hint", lang))
+            if guild_id is not None and not any(w in text.lower() for w in AVATAR_WORDS):
+                await sink.send_text(t("dc_avatar_hint", lang))
                 return
-            await self.set_avatar(
-                message.author, images[0], thread, lang, target, say, typing=message.channel
-            )
+            await self.submit(incoming, sink, lang, fetch=("photo", images[0]))
         elif documents:
             for doc in documents:
-                await self.add_document(message.author, doc, say, lang)
+                await self.submit(incoming, sink, lang, fetch=("document", doc), gated=False)
         elif message.attachments:
-            await say(t("dc_unsupported", lang))
-        else:
-            if not text:
-                raise EmptyText("empty message")
-            await self._answer(message, thread, lang, target, text=text)
+            await sink.send_text(t("dc_unsupported", lang))
+        else:  # an empty one is the core's to answer ("your message is empty"), past no gate
+            await self.submit(replace(incoming, text=text), sink, lang, gated=bool(text))
 
-    # ------------------------------------------------------------------ durable jobs
-    async def _answer(
-        self, message: discord.Message, thread: str, lang: str, target: MessageTarget, **content: Any
-    ) -> None:
-        """Record the message as a durable job first, then answer it; a redelivered message is skipped."""
-        key, channel_id = self.user_key(message.author), message.channel.id
-        job_id = await self.service.call(
-            lambda: self.jobs.accept(PLATFORM, channel_id, message.id, key, thread, **content)
-        )
-        if job_id is None:
-            log.info(
-                "message %s in channel %s was already accepted; not answering twice", message.id, channel_id
-            )
-            return
-        await self._settle(job_id, key, thread, lang, target, content)
-
-    async def _resume(self, interrupted: list[Job]) -> None:
-        """Answer the jobs a crash interrupted, each as a reply to its message; tell the user about
-        those that keep failing or whose audio is gone."""
-        assert self.client is not None
-        for job in interrupted:
-            channel = self.client.get_partial_messageable(int(job.chat_id))
-            target = MessageTarget(
-                channel.get_partial_message(int(job.message_id)), self.options.upload_limit_bytes
-            )
-            lang = user_language(None, self.memory.profile(job.user).language)
-            if job.attempts >= MAX_ATTEMPTS or (job.text is None and job.audio is None):
-                log.warning("job %s of %s is lost after %d attempt(s)", job.id, job.user, job.attempts)
-                try:
-                    await target.reply(t("job_lost", lang))
-                except discord.HTTPException as e:
-                    log.warning("could not tell %s about lost job %s: %s", job.user, job.id, e)
-                await self.service.call(self.jobs.finish, job.id)
-                continue
-            log.info("resuming job %s for %s", job.id, job.user)
-            content = {"text": job.text} if job.text is not None else {"audio": job.audio}
-            await self._settle(job.id, job.user, job.conversation, lang, target, content, gated=False)
-
-    async def _settle(
+    async def submit(
         self,
-        job_id: int,
-        key: str,
-        thread: str,
+        message: IncomingMessage,
+        sink: ReplySink,
         lang: str,
-        target: MessageTarget,
-        content: dict[str, Any],
         *,
+        refuse: Say | None = None,
+        before: Callable[[], Awaitable[object]] | None = None,
+        fetch: tuple[str, discord.Attachment] | None = None,
         gated: bool = True,
     ) -> None:
-        """Answer an accepted job, or tell the user clearly why not, then mark it finished. No `finally`:
-        a shutdown mid-reply (CancelledError) leaves the job unfinished, so the restart answers it."""
+        """The Discord gate, then the core. `refuse` says why the gate kept the message out (default:
+        the sink); `before` runs once it let it in (a slash command defers there), then `fetch`
+        downloads the content; failures of either reach the user as the core's one line."""
+        left = not gated
 
-        async def work() -> Work:
-            return lambda out, token: self.pipeline.reply(
-                self.request(key, thread, cancel=token, **content), out
-            )
+        def leave() -> None:  # when the answer is out, or the message is done with
+            nonlocal left
+            if not left:
+                left = True
+                self.gate.leave(message.user)
 
-        try:
-            await self.run_job(
-                key,
-                lang,
-                target,
-                target.reply,
-                work,
-                typing=target.message.channel,
-                job_id=job_id,
-                gated=gated,
-            )
-        except Exception as e:
-            await self._tell_failure(target.reply, lang, e)
-        await self.service.call(self.jobs.finish, job_id)
-
-    async def _tell_failure(self, say: Say, lang: str, error: Exception) -> None:
-        """A clear line for the user; the traceback goes to the log when the failure is unexpected."""
-        if isinstance(error, TalkTwinError):
-            log.info("user error %s: %s", error.code, error)
-            line = error.user_message(lang)
-        else:
-            log.error("discord message failed", exc_info=error)
-            line = InternalFailure().user_message(lang)
-        with contextlib.suppress(Exception):
-            await say(line)
-
-    # ------------------------------------------------------------------ shared by messages and commands
-    async def set_avatar(
-        self,
-        user: discord.abc.User,
-        image: discord.Attachment,
-        thread: str,
-        lang: str,
-        target: Target,
-        say: Say,
-        typing: discord.abc.Messageable | None = None,
-        before: Callable[[], Awaitable[Any]] | None = None,
-    ) -> None:
-        """Check the face, store the photo, and answer with a short greeting in the new face."""
-        key = self.user_key(user)
-
-        async def greeting() -> Work:
-            data = await self.download(image)
-            await self.service.call(self.pipeline.prepare_avatar, data)  # raises NoFaceFound and friends
-            await self.service.call(self.memory.set_avatar, key, data)
-            return lambda out, token: self.pipeline.speak(
-                t("avatar_greeting", lang), self.request(key, thread, format="video", cancel=token), out
-            )
-
-        await self.run_job(
-            key,
-            lang,
-            target,
-            say,
-            greeting,
-            typing=typing,
-            notice=t("avatar_set", lang),
-            fmt="video",
-            before=before,
-        )
-
-    async def add_document(
-        self, user: discord.abc.User, doc: discord.Attachment, say: Say, lang: str
-    ) -> None:
-        data = await self.download(doc)
-        info = await self.service.call(self.knowledge.add_document, self.user_key(user), doc.filename, data)
-        await say(t("kb_added", lang, name=info.name, pages=info.pages, chunks=info.chunks))
-
-    async def _gate(self, key: str, lang: str, say: Say) -> bool:
-        """The Discord gate: one job per user at a time, and a cooldown between them."""
-        verdict, wait_s = self.gate.enter(key)
-        if verdict is Gate.BUSY:
-            await say(t("busy", lang))
-        elif verdict is Gate.COOLDOWN:
-            await say(t("dc_cooldown", lang, seconds=max(1, math.ceil(wait_s))))
-        return verdict is Gate.OPEN
-
-    async def _admit(self, key: str, lang: str, say: Say) -> bool:
-        """The shared service's admission (its rate limit and queue across adapters)."""
-        admission, retry_s = self.service.admit(key)
-        if admission is Admission.RATE_LIMITED:
-            await say(t("rate_limited", lang, seconds=max(1, round(retry_s))))
-        elif admission is Admission.BUSY:
-            await say(t("busy", lang))
-        elif admission is Admission.FULL:
-            await say(t("full", lang, seconds=max(1, round(retry_s))))
-        elif admission is Admission.QUEUED:
-            await say(t("queued", lang))
-        return admission in (Admission.RUN_NOW, Admission.QUEUED)
-
-    async def run_job(
-        self,
-        key: str,
-        lang: str,
-        target: Target,
-        say: Say,
-        make_job: JobMaker,
-        *,
-        typing: discord.abc.Messageable | None = None,
-        notice: str = "",
-        before: Callable[[], Awaitable[Any]] | None = None,
-        fmt: str | None = None,
-        job_id: int | None = None,
-        gated: bool = True,
-    ) -> None:
-        """Gate; prepare (downloads, checks); admit; run on the worker with "typing…"; send the result.
-
-        `before` runs once the gate let the job in (a slash command defers there). The run carries a
-        CancelToken, so /cancel stops it; `job_id` is the durable job whose attempt this is. A job
-        resumed after a restart is not `gated`: the user sent it long ago, no cooldown applies."""
-        if gated and not await self._gate(key, lang, say):
-            return
+        if gated:
+            if message.message_id in self._handling:
+                return  # Discord delivered it twice; the first delivery is being answered
+            verdict, wait_s = self.gate.enter(message.user)
+            if verdict is not Gate.OPEN:
+                if await self._accepted(message):
+                    return  # redelivered after it was answered
+                if verdict is Gate.BUSY:
+                    line = t("busy", lang)
+                else:
+                    line = t("dc_cooldown", lang, seconds=max(1, math.ceil(wait_s)))
+                await (refuse or sink.send_text)(line)
+                return
+            self._handling.add(message.message_id)
+            sink = AnsweredSink(sink, leave)
         try:
             if before is not None:
                 await before()
-            job = await make_job()
-            if not await self._admit(key, lang, say):
-                return
-            if job_id is not None:
-                await self.service.call(self.jobs.start, job_id)
-            fmt = fmt or reply_format(self.memory.profile(key).mode)
-            with tempfile.TemporaryDirectory(prefix="talktwin-dc-") as tmp:
-                out = Path(tmp) / ("reply.ogg" if fmt == "voice" else "reply.mp4")
-                async with typing.typing() if typing is not None else contextlib.nullcontext():
-                    token = CancelToken()
-                    result = await self.service.run(key, job, out, token, token=token)
-                if notice:
-                    await target.send(notice)
-                await send_result(target, result, lang)
+            if fetch is not None:
+                kind, attachment = fetch
+                data = await download(attachment, self.options.download_limit_mb)
+                content = Document(attachment.filename, data) if kind == "document" else data
+                message = replace(message, **{kind: content})
+            await self.core.handle(message, sink)
+        except Exception as e:
+            await self.core.tell_failure(sink, lang, e)
         finally:
             if gated:
-                self.gate.leave(key)
+                self._handling.discard(message.message_id)
+            leave()
 
-    async def download(self, attachment: discord.Attachment) -> bytes:
-        limit = self.options.download_limit_mb
-        if attachment.size > limit * 1e6:
-            raise FileTooLarge(size_mb=attachment.size / 1e6, limit_mb=limit)
-        data = await attachment.read()
-        if len(data) > limit * 1e6:
-            raise FileTooLarge(size_mb=len(data) / 1e6, limit_mb=limit)
-        return data
-
-    async def on_command_error(
-        self, interaction: discord.Interaction, error: app_commands.AppCommandError
-    ) -> None:
-        """Slash-command failures: a clear ephemeral line for the user, the traceback for the log."""
-        cause = error.original if isinstance(error, app_commands.CommandInvokeError) else error
-        lang = self.language_of(interaction.user, str(interaction.locale))
-        if isinstance(cause, TalkTwinError):
-            log.info("user error %s for %s: %s", cause.code, interaction.user.id, cause)
-            line = cause.user_message(lang)
-        else:
-            log.error("slash command failed", exc_info=cause)
-            line = InternalFailure().user_message(lang)
-        with contextlib.suppress(Exception):
-            await send_text_ephemeral(interaction, line)
+    async def _accepted(self, message: IncomingMessage) -> bool:
+        job = await asyncio.to_thread(self.core.jobs.find, message.platform, message.chat, message.message_id)
+        return job is not None

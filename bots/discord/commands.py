@@ -1,4 +1,5 @@
-"""Slash commands (/ask, /avatar, /voice, /mode, /reset, /forget, /kb, /cancel) and the /forget buttons.
+"""Slash commands (/ask, /avatar, /voice, /mode, /reset, /forget, /kb, /cancel), the /forget buttons
+and what a failed command tells its user.
 
 Settings answers are ephemeral: only the user sees their avatar, voice, documents and the forget
 prompt. /ask and /avatar with a photo defer ("thinking…") and answer with a follow-up, as the reply
@@ -8,21 +9,23 @@ TextsTranslator, when the commands are synced) in Chinese.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import logging
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
 import discord
 from discord import app_commands
 
-from bots.discord.delivery import InteractionTarget, send_text_ephemeral
+from bots.discord.delivery import interaction_sink, send_text_ephemeral
 from bots.discord.inputs import is_image, reply_format
 from bots.texts import t, user_language
+from pipeline.errors import InternalFailure, TalkTwinError
 from pipeline.types import VoiceSettings
 
 if TYPE_CHECKING:
-    from bots.discord.bot import DiscordBot, Work
+    from bots.discord.bot import DiscordBot
 
 log = logging.getLogger(__name__)
 
@@ -69,20 +72,33 @@ class ForgetView(discord.ui.View):
         self.add_item(no)
 
     async def _yes(self, interaction: discord.Interaction) -> None:
-        key = self.bot.user_key(interaction.user)
-        await self.bot.service.call(self.bot.jobs.forget, key)
-        await self.bot.service.call(self.bot.memory.forget, key)
+        await self.bot.core.forget(self.bot.user_key(interaction.user))
         lang = user_language(str(interaction.locale))  # the stored preference is gone too
         await interaction.response.edit_message(content=t("forget_done", lang), view=None)
 
     async def _no(self, interaction: discord.Interaction) -> None:
-        lang = self.bot.language_of(interaction.user, str(interaction.locale))
+        lang = await self.bot.language_of(interaction.user, str(interaction.locale))
         await interaction.response.edit_message(content=t("forget_cancelled", lang), view=None)
 
     async def on_error(
         self, interaction: discord.Interaction, error: Exception, item: discord.ui.Item
     ) -> None:
-        await self.bot.on_command_error(interaction, app_commands.CommandInvokeError(None, error))  # type: ignore[arg-type]
+        await command_error(self.bot, interaction, app_commands.CommandInvokeError(None, error))  # type: ignore[arg-type]
+
+
+async def command_error(
+    bot: DiscordBot, interaction: discord.Interaction, error: app_commands.AppCommandError
+) -> None:
+    """Slash-command failures: a clear ephemeral line for the user, the traceback for the log."""
+    cause = error.original if isinstance(error, app_commands.CommandInvokeError) else error
+    if isinstance(cause, TalkTwinError):
+        log.info("user error %s for %s: %s", cause.code, interaction.user.id, cause)
+    else:
+        log.error("slash command failed", exc_info=cause)
+        cause = InternalFailure()
+    with contextlib.suppress(Exception):
+        lang = await bot.language_of(interaction.user, str(interaction.locale))
+        await send_text_ephemeral(interaction, cause.user_message(lang))
 
 
 def register_commands(tree: app_commands.CommandTree, bot: DiscordBot) -> None:
@@ -90,17 +106,28 @@ def register_commands(tree: app_commands.CommandTree, bot: DiscordBot) -> None:
 
     async def enter(interaction: discord.Interaction) -> str | None:
         """The user's language, or None (after saying so) when the allow-list keeps them out."""
-        lang = bot.language_of(interaction.user, str(interaction.locale))
+        lang = await bot.language_of(interaction.user, str(interaction.locale))
         if not bot.allowed(interaction.user.id, interaction.guild_id):
             await interaction.response.send_message(t("not_allowed", lang), ephemeral=True)
             return None
         return lang
 
-    def say_to(interaction: discord.Interaction) -> Callable[[str], object]:
-        return lambda line: send_text_ephemeral(interaction, line)
-
-    def thinking(interaction: discord.Interaction):
-        return lambda: interaction.response.defer(thinking=True)
+    async def submit(
+        interaction: discord.Interaction, lang: str, text: str | None, image: discord.Attachment | None
+    ) -> None:
+        """/ask and /avatar with a photo: through the gate and the core like a message, whose id is the
+        interaction's. Deferred ("thinking…") once let in; the answer comes as a follow-up."""
+        assert interaction.channel_id is not None
+        await bot.submit(
+            bot.incoming(
+                interaction.user, interaction.guild_id, interaction.channel_id, interaction.id, text=text
+            ),
+            interaction_sink(interaction, bot.options.upload_limit_bytes),
+            lang,
+            refuse=lambda line: send_text_ephemeral(interaction, line),
+            before=lambda: interaction.response.defer(thinking=True),
+            fetch=("photo", image) if image is not None else None,
+        )
 
     @tree.command(name="ask", description=text("dc_cmd_ask"))
     @app_commands.describe(question=text("dc_opt_question"))
@@ -108,16 +135,7 @@ def register_commands(tree: app_commands.CommandTree, bot: DiscordBot) -> None:
         lang = await enter(interaction)
         if lang is None:
             return
-        key = bot.user_key(interaction.user)
-        thread = bot.thread(interaction.user, interaction.guild_id, interaction.channel_id)
-
-        async def job() -> Work:
-            return lambda out, token: bot.pipeline.reply(
-                bot.request(key, thread, text=question, cancel=token), out
-            )
-
-        target = InteractionTarget(interaction, bot.options.upload_limit_bytes)
-        await bot.run_job(key, lang, target, say_to(interaction), job, before=thinking(interaction))
+        await submit(interaction, lang, question, None)
 
     @tree.command(name="avatar", description=text("dc_cmd_avatar"))
     @app_commands.describe(image=text("dc_opt_image"), reset=text("dc_opt_avatar_reset"))
@@ -127,22 +145,18 @@ def register_commands(tree: app_commands.CommandTree, bot: DiscordBot) -> None:
         lang = await enter(interaction)
         if lang is None:
             return
-        user, key = interaction.user, bot.user_key(interaction.user)
+        key = bot.user_key(interaction.user)
         if reset:
-            await bot.service.call(bot.memory.clear_avatar, key)
+            await asyncio.to_thread(bot.memory.clear_avatar, key)
             await interaction.response.send_message(t("avatar_reset", lang), ephemeral=True)
             return
         if image is not None:
             if not is_image(image):
                 await interaction.response.send_message(t("dc_unsupported", lang), ephemeral=True)
                 return
-            thread = bot.thread(user, interaction.guild_id, interaction.channel_id)
-            target = InteractionTarget(interaction, bot.options.upload_limit_bytes)
-            await bot.set_avatar(
-                user, image, thread, lang, target, say_to(interaction), before=thinking(interaction)
-            )
+            await submit(interaction, lang, None, image)
             return
-        current = bot.memory.avatar(key)
+        current = await asyncio.to_thread(bot.memory.avatar, key)
         if current is None:
             await interaction.response.send_message(t("avatar_default", lang), ephemeral=True)
         else:
@@ -169,15 +183,16 @@ def register_commands(tree: app_commands.CommandTree, bot: DiscordBot) -> None:
         if lang is None:
             return
         key = bot.user_key(interaction.user)
-        current = VoiceSettings() if reset else bot.memory.profile(key).voice
+        stored = (await asyncio.to_thread(bot.memory.profile, key)).voice
+        current = VoiceSettings() if reset else stored
         changed = VoiceSettings(
             name if name is not None else current.voice,
             rate if rate is not None else current.rate,
             volume if volume is not None else current.volume,
             pitch if pitch is not None else current.pitch,
         )
-        if changed != bot.memory.profile(key).voice:
-            bot.memory.update_profile(key, voice=changed)
+        if changed != stored:
+            await asyncio.to_thread(bot.memory.update_profile, key, voice=changed)
         line = t(
             "dc_voice_current",
             lang,
@@ -198,10 +213,10 @@ def register_commands(tree: app_commands.CommandTree, bot: DiscordBot) -> None:
             return
         key = bot.user_key(interaction.user)
         if mode is None:
-            current = reply_format(bot.memory.profile(key).mode)
+            current = reply_format((await asyncio.to_thread(bot.memory.profile, key)).mode)
             line = t("mode_current", lang, mode=t(f"mode_{current}", lang)) + " /mode video | voice | text"
         else:
-            bot.memory.update_profile(key, mode=mode)
+            await asyncio.to_thread(bot.memory.update_profile, key, mode=mode)
             line = t("mode_set", lang, mode=t(f"mode_{mode}", lang))
         await interaction.response.send_message(line, ephemeral=True)
 
@@ -211,7 +226,7 @@ def register_commands(tree: app_commands.CommandTree, bot: DiscordBot) -> None:
         if lang is None:
             return
         thread = bot.thread(interaction.user, interaction.guild_id, interaction.channel_id)
-        await bot.service.call(bot.memory.reset, thread)
+        await asyncio.to_thread(bot.memory.reset, thread)
         await interaction.response.send_message(t("reset_done", lang), ephemeral=True)
 
     @tree.command(name="forget", description=text("dc_cmd_forget"))
@@ -231,10 +246,10 @@ def register_commands(tree: app_commands.CommandTree, bot: DiscordBot) -> None:
             return
         key = bot.user_key(interaction.user)
         if remove:
-            removed = await bot.service.call(bot.knowledge.remove_document, key, remove)
+            removed = await asyncio.to_thread(bot.knowledge.remove_document, key, remove)
             line = t("kb_removed" if removed else "kb_not_found", lang, name=remove)
         else:
-            documents = await bot.service.call(bot.knowledge.documents, key)
+            documents = await asyncio.to_thread(bot.knowledge.documents, key)
             items = "\n".join(f"• {d.name} ({d.chunks})" for d in documents)
             line = t("kb_list", lang, items=items) if documents else t("kb_empty", lang)
             line = line.replace("/kb remove NAME", "/kb remove:NAME").replace(
@@ -247,7 +262,7 @@ def register_commands(tree: app_commands.CommandTree, bot: DiscordBot) -> None:
         lang = await enter(interaction)
         if lang is None:
             return
-        stopped = bot.service.cancel(bot.user_key(interaction.user))
+        stopped = bot.core.cancel(bot.user_key(interaction.user))
         # a stopped reply also says so where it was asked, and sends no video
         line = t("dc_cancel_stopping" if stopped else "cancel_nothing", lang)
         await interaction.response.send_message(line, ephemeral=True)

@@ -1,8 +1,9 @@
-"""Sending a finished reply to Discord: one attachment within the upload limit, text in 2,000-char parts.
+"""Sending answers to Discord: one attachment within the upload limit, text in 2,000-char parts.
 
-A reply goes to a Target: the user's message (a reply that references it) or a slash command (a
-follow-up). Videos over the limit are re-encoded at the bitrate that fits; when even that fails, or
-Discord still refuses the upload, the answer goes out as audio and text instead.
+`DiscordSink` is the application core's ReplySink (bots/core/messages.py) for Discord. It sends to a
+Target: the user's message (a reply that references it) or a slash command (a follow-up). Videos
+over the limit are re-encoded at the bitrate that fits; when even that fails, or Discord still
+refuses the upload, the answer goes out as audio and text instead.
 """
 
 from __future__ import annotations
@@ -10,14 +11,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import subprocess
+import tempfile
+from contextlib import AbstractAsyncContextManager, nullcontext
 from pathlib import Path
 from typing import Protocol
 
 import discord
 
+from bots.core.messages import Capabilities
+from bots.core.reply_job import OutputSpec, ReplyOutcome
 from bots.texts import t
 from pipeline.media.ffmpeg import run_ffmpeg
-from pipeline.orchestrator import ReplyResult
 
 log = logging.getLogger(__name__)
 
@@ -86,59 +90,81 @@ def split_text(text: str, limit: int = MESSAGE_MAX) -> list[str]:
     return parts
 
 
-async def send_text(target: Target, text: str) -> None:
-    for part in split_text(text):
-        await target.send(part)
+class DiscordSink:
+    """The core's ReplySink over a Target: texts in 2,000-character parts, "typing…" in `typing` (a
+    slash command has its deferred "thinking…" instead), the answer's media within the upload limit."""
+
+    def __init__(self, target: Target, typing: discord.abc.Messageable | None = None) -> None:
+        self.target = target
+        self.typing = typing
+        # MB as the output spec counts them: the limit there (the guild's, capped by the options)
+        self.capabilities = Capabilities(max_upload_mb=target.filesize_limit / 1e6, text_limit=MESSAGE_MAX)
+
+    async def send_text(self, text: str) -> None:
+        for part in split_text(text, self.capabilities.text_limit):
+            await self.target.send(part)
+
+    def working(self, spec: OutputSpec, lang: str) -> AbstractAsyncContextManager[None]:
+        return self.typing.typing() if self.typing is not None else nullcontext()
+
+    async def send_media(self, outcome: ReplyOutcome, media: Path, spec: OutputSpec, lang: str) -> None:
+        """The media as an attachment with the answer's first part, the rest of the answer after it; a
+        video over the limit re-encoded to fit, else (or when Discord refuses it) audio and text."""
+        limit = min(self.target.filesize_limit, int(spec.max_mb * 1e6))
+        parts = split_text(outcome.answer) or [""]
+        with tempfile.TemporaryDirectory(prefix="talktwin-dc-") as tmp:  # never beside the blob
+            path = media
+            if path.suffix == ".mp4" and (await asyncio.to_thread(path.stat)).st_size > limit:
+                shrunk = await asyncio.to_thread(shrink_video, media, outcome.duration, limit, Path(tmp))
+                path = shrunk or media
+            size = (await asyncio.to_thread(path.stat)).st_size
+            if size <= limit:
+                file = discord.File(path, filename=f"reply{path.suffix}")
+                try:
+                    await self.target.send(parts[0] or None, file=file)
+                except discord.HTTPException as e:
+                    if e.status != 413:
+                        raise
+                    log.warning("upload of %d bytes refused (%s); sending audio and text", size, e)
+                else:
+                    for part in parts[1:]:
+                        await self.target.send(part)
+                    return
+            await self._audio_fallback(outcome, media, limit, lang, Path(tmp))
+
+    async def _audio_fallback(
+        self, outcome: ReplyOutcome, media: Path, limit: int, lang: str, tmp: Path
+    ) -> None:
+        log.warning("reply of %d bytes does not fit %d; sending audio and text", media.stat().st_size, limit)
+        await self.target.send(t("answer_too_big", lang))
+        audio: Path | None = media
+        if media.suffix != ".ogg":
+            audio = await asyncio.to_thread(_audio_from, media, tmp)
+        if audio is not None and audio.stat().st_size <= limit:
+            try:
+                await self.target.send(None, file=discord.File(audio, filename="reply.ogg"))
+            except discord.HTTPException as e:
+                if e.status != 413:
+                    raise
+        await self.send_text(outcome.answer)
 
 
-async def send_result(target: Target, result: ReplyResult, lang: str) -> None:
-    """The media as an attachment with the answer's first part, the rest of the answer after it."""
-    parts = split_text(result.answer) or [""]
-    if result.media_path is None:
-        await send_text(target, result.answer)
-        return
-    path = result.media_path
-    limit = target.filesize_limit
-    if path.suffix == ".mp4" and path.stat().st_size > limit:
-        path = await asyncio.to_thread(shrink_video, path, result.duration, limit) or path
-    if path.stat().st_size <= limit:
-        try:
-            await target.send(parts[0] or None, file=discord.File(path, filename=f"reply{path.suffix}"))
-        except discord.HTTPException as e:
-            if e.status != 413:
-                raise
-            log.warning("upload of %d bytes refused (%s); sending audio and text", path.stat().st_size, e)
-        else:
-            for part in parts[1:]:
-                await target.send(part)
-            return
-    await _send_audio_fallback(target, result, limit, lang)
+def message_sink(message: discord.Message | discord.PartialMessage, cap: int) -> DiscordSink:
+    """Answers as replies to a user's message, with "typing…" in its channel while they are made."""
+    return DiscordSink(MessageTarget(message, cap), typing=message.channel)
 
 
-async def _send_audio_fallback(target: Target, result: ReplyResult, limit: int, lang: str) -> None:
-    assert result.media_path is not None
-    log.warning(
-        "reply of %d bytes does not fit %d; sending audio and text", result.media_path.stat().st_size, limit
-    )
-    await target.send(t("answer_too_big", lang))
-    audio = result.media_path
-    if audio.suffix != ".ogg":
-        audio = await asyncio.to_thread(_audio_from, audio)
-    if audio is not None and audio.stat().st_size <= limit:
-        try:
-            await target.send(None, file=discord.File(audio, filename="reply.ogg"))
-        except discord.HTTPException as e:
-            if e.status != 413:
-                raise
-    await send_text(target, result.answer)
+def interaction_sink(interaction: discord.Interaction, cap: int) -> DiscordSink:
+    return DiscordSink(InteractionTarget(interaction, cap))
 
 
-def shrink_video(path: Path, duration: float, limit: int) -> Path | None:
+def shrink_video(path: Path, duration: float, limit: int, folder: Path) -> Path | None:
     """Re-encode at the bitrate that fits `limit` bytes (smaller picture and audio when the budget is
-    tight); a second, leaner try when the encoder overshoots. None when no acceptable encode fits."""
+    tight), into `folder`; a second, leaner try when the encoder overshoots. None when no acceptable
+    encode fits."""
     budget_kbps = limit * 8 * 0.9 / max(duration, 0.5) / 1000  # 10% for the container
     audio_kbps = AUDIO_KBPS if budget_kbps > 200 else 24
-    out = path.with_name(path.stem + "-small.mp4")
+    out = folder / "reply-small.mp4"
     for _ in range(3):
         video_kbps = int(budget_kbps - audio_kbps)
         if video_kbps < MIN_VIDEO_KBPS:
@@ -161,8 +187,8 @@ def shrink_video(path: Path, duration: float, limit: int) -> Path | None:
     return None
 
 
-def _audio_from(mp4: Path) -> Path | None:
-    ogg = mp4.with_name(mp4.stem + "-audio.ogg")
+def _audio_from(mp4: Path, folder: Path) -> Path | None:
+    ogg = folder / "reply-audio.ogg"
     try:
         run_ffmpeg(["-y", "-i", str(mp4), "-vn", "-c:a", "libopus", "-b:a", "32k", str(ogg)])
     except subprocess.CalledProcessError as e:

@@ -7,9 +7,14 @@ that the other adapters share.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+from bots.core.messages import ReplySink
+from bots.core.reply_job import OutputSpec, ReplyOutcome
 
 
 class Gate(enum.Enum):
@@ -47,3 +52,35 @@ class UserGate:
             self._pending[user] = left
         else:
             self._pending.pop(user, None)
+
+
+class AnsweredSink:
+    """A ReplySink that calls `answered()` once the user has their answer: its media, or a line that
+    ends the message (a text answer, a refusal, a failure). The gate opens then, not after the core's
+    bookkeeping behind it, so a message sent right after meets the cooldown rather than "busy"."""
+
+    def __init__(self, sink: ReplySink, answered: Callable[[], None]) -> None:
+        self.sink = sink
+        self.capabilities = sink.capabilities
+        self._answered = answered
+        self._working = False
+        self._made: OutputSpec | None = None  # the reply was made; media (after a notice) to come
+
+    async def send_text(self, text: str) -> None:
+        await self.sink.send_text(text)
+        if not self._working and (self._made is None or self._made.kind == "text"):
+            self._answered()
+
+    async def send_media(self, outcome: ReplyOutcome, media: Path, spec: OutputSpec, lang: str) -> None:
+        await self.sink.send_media(outcome, media, spec, lang)
+        self._answered()
+
+    @contextlib.asynccontextmanager
+    async def working(self, spec: OutputSpec, lang: str) -> AsyncIterator[None]:
+        self._working = True
+        try:
+            async with self.sink.working(spec, lang):
+                yield
+            self._made = spec
+        finally:
+            self._working = False

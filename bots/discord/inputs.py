@@ -1,10 +1,11 @@
-"""What a Discord attachment is (audio, image, document), and what a profile mode means here."""
+"""What a Discord attachment is (audio, image, document) and its bytes; what a profile mode means here."""
 
 from __future__ import annotations
 
 import discord
 
 from knowledge.loaders import EXTENSIONS as DOCUMENT_EXTENSIONS
+from pipeline.errors import FileTooLarge
 
 AUDIO_SUFFIXES = (".ogg", ".oga", ".opus", ".mp3", ".wav", ".m4a", ".aac", ".flac", ".webm", ".mp4", ".mov")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -38,3 +39,13 @@ def is_document(attachment: discord.Attachment) -> bool:
     return (
         _suffix(attachment) in DOCUMENT_EXTENSIONS and not is_audio(attachment) and not is_image(attachment)
     )
+
+
+async def download(attachment: discord.Attachment, limit_mb: float) -> bytes:
+    """The attachment's bytes; FileTooLarge (before downloading, when Discord says so) over the limit."""
+    if attachment.size > limit_mb * 1e6:
+        raise FileTooLarge(size_mb=attachment.size / 1e6, limit_mb=limit_mb)
+    data = await attachment.read()
+    if len(data) > limit_mb * 1e6:
+        raise FileTooLarge(size_mb=len(data) / 1e6, limit_mb=limit_mb)
+    return data
