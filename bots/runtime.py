@@ -187,13 +187,6 @@ async def serve(settings: Settings, environ: Mapping[str, str] | None = None) ->
     http = HttpOptions.from_env(environ)  # refuses an open address without API keys, before loading
     components = Components.load(settings)
     adapters: list = [HttpServer(http, components)]
-    shared = (
-        components.pipeline,
-        components.memory,
-        components.knowledge,
-        components.service,
-        components.jobs,
-    )
     telegram = TelegramOptions.from_env(environ, settings)
     if telegram is not None:
         adapters.append(TelegramBot(telegram, components))
