@@ -214,6 +214,8 @@ class Conversations:
         the executor makes and the sink sends the same kind, whatever /mode says meanwhile."""
         if spec is None:
             mode = (await asyncio.to_thread(self.memory.profile, user)).mode
+            if content.say is not None and mode not in ("video_note", "video"):
+                mode = "video"  # a greeting in a new face is shown, whatever the reply mode
             spec = output_for(mode, sink.capabilities, self.frame)
         job = await self.new_job(
             user, conversation, spec, text=content.text, audio=content.audio, say=content.say, job_id=job_id
