@@ -1,7 +1,7 @@
-"""Load test: simulated users x messages through the HTTP API and through Telegram, embedded defaults.
+"""Load test: simulated users x messages through the HTTP API and through Telegram.
 
-Starts the real service components in-process (every model loaded once) and drives them two ways,
-one after the other, sharing those components:
+Starts the real service components in-process and drives them two ways, one after the other,
+sharing those components:
 
 - http: the HTTP API on a free loopback port; each request blocks until its reply is made.
 - telegram: the real TelegramBot (python-telegram-bot, long polling) against the fake Bot API server
@@ -11,21 +11,37 @@ In both, N users each send M text questions, the next only after the reply to th
 back (all users at once). Checks every message is answered exactly once with playable media; reports
 p50/p95 latency and throughput per mode, writes JSON to bench/results/ and a plot to docs/.
 
+Where the replies are made (`--mode`):
+
+- embedded (the default): as `run_bots.py` runs without a broker: every model loaded once, in the
+  service's models' process (`reply.models_process`, on by default) or in this one.
+- queue: a private redis-server (tests/redis_server.py) and `--workers` `run_bots.py worker`
+  subprocesses that load the models; this process is the bots' side of queue mode
+  (`Components.load` with `queue.broker_url` set: no model loaded here), as `run_bots.py` runs it.
+  All share one temporary data folder (SQLite memory, embedded Chroma, the blob folder).
+
     .venv/bin/python -m bench.load_test [--users 20] [--messages 3] [--via http|telegram|both]
+        [--mode embedded|queue] [--workers 1] [--worker-threads 0]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import math
 import os
+import signal
 import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +55,7 @@ from bots.telegram.bot import TelegramBot
 from bots.telegram.options import TelegramOptions
 from pipeline.config import PROJECT_ROOT, Settings, load_settings
 from tests.fakes.telegram_server import TOKEN, Call, FakeBotApi, message_update, user
+from tests.redis_server import RedisServer
 
 QUESTIONS = [
     "What is a good breakfast?",
@@ -48,6 +65,7 @@ QUESTIONS = [
     "What should I read next?",
 ]
 MODES = ("http", "telegram")
+EXECUTIONS = ("embedded", "queue")
 # Bot API methods that can carry the answer; the upload's form field, or None for text.
 REPLY_METHODS = {
     "sendVideoNote": "video_note",
@@ -56,6 +74,7 @@ REPLY_METHODS = {
     "sendMessage": None,
 }
 TELEGRAM_UID0 = 900_000  # the simulated Telegram users are 900000, 900001, ...
+LOADED = "models loaded, taking replies"  # a queue worker's pool child logs it (bots/queue/worker.py)
 
 
 def question(uid: int, m: int) -> str:
@@ -107,8 +126,12 @@ async def http_user(
         record.answer, record.video_s = body["answer"], body["duration"]
 
 
-async def run_http(components: Components, users: int, messages: int, timeout: float) -> dict:
-    """Every user posts its questions to /v1/reply in turn; the response is the reply."""
+async def run_http(
+    components: Components, users: int, messages: int, timeout: float, warmups: int = 1
+) -> dict:
+    """Every user posts its questions to /v1/reply in turn; the response is the reply.
+
+    `warmups` users say hi at once first (one per queue worker: each takes one job at a time)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -117,7 +140,9 @@ async def run_http(components: Components, users: int, messages: int, timeout: f
     log: list[Record] = []
     try:
         async with httpx.AsyncClient(base_url=server.url, timeout=timeout) as client:
-            await client.post("/v1/reply", data={"user": "warmup", "text": "Hi"})
+            await asyncio.gather(
+                *(client.post("/v1/reply", data={"user": f"warmup{i}", "text": "Hi"}) for i in range(warmups))
+            )
             started = time.perf_counter()
             await asyncio.gather(*(http_user(client, u, messages, started, log) for u in range(users)))
             wall = time.perf_counter() - started
@@ -220,7 +245,13 @@ def notices(server: FakeBotApi, users: int) -> dict[str, int]:
 
 
 async def run_telegram(
-    components: Components, settings: Settings, users: int, messages: int, timeout: float, settle: float
+    components: Components,
+    settings: Settings,
+    users: int,
+    messages: int,
+    timeout: float,
+    settle: float,
+    warmups: int = 1,
 ) -> dict:
     """Every user sends its questions through the fake Bot API to the real bot, waiting for each reply."""
     server = FakeBotApi()
@@ -236,9 +267,12 @@ async def run_telegram(
     bot = TelegramBot(options, components)
     await bot.start()
     try:
-        warmup = message_update(user(TELEGRAM_UID0 - 1, name="Warmup"), text="Hi")
-        server.push(warmup)
-        await watch.wait((TELEGRAM_UID0 - 1, warmup["message"]["message_id"]), timeout)
+        greeted = []
+        for i in range(warmups):  # warm-up users below the measured ones
+            warmup = message_update(user(TELEGRAM_UID0 - 1 - i, name=f"Warmup{i}"), text="Hi")
+            server.push(warmup)
+            greeted.append((TELEGRAM_UID0 - 1 - i, warmup["message"]["message_id"]))
+        await asyncio.gather(*(watch.wait(key, timeout) for key in greeted))
         started = time.perf_counter()
         sessions = [telegram_user(server, watch, u, messages, started, timeout) for u in range(users)]
         log = [r for session in await asyncio.gather(*sessions) for r in session]
@@ -292,29 +326,132 @@ def summarise(log: list[Record], wall: float) -> dict:
     }
 
 
-async def run(
-    users: int, messages: int, modes: list[str], timeout: float = 900, settle: float = 5
-) -> dict[str, Any]:
-    """Load the models once, then drive each mode in turn with the same components."""
-    with tempfile.TemporaryDirectory() as tmp:
-        settings = load_settings(
-            environ={
-                "TALKTWIN_PATHS__DATA_DIR": tmp,
-                "TALKTWIN_TELEGRAM__MAX_PENDING": "5",
-                "TALKTWIN_TELEGRAM__RATE_LIMIT_PER_MINUTE": "60",
-            }
-        )
-        components = Components.load(settings)
-        results: dict[str, dict] = {}
+# ---------------------------------------------------------------------- queue mode's workers
+class WorkerProcess:
+    """One `run_bots.py worker` (Celery's main process and its pool child), in its own session."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.log = log
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "run_bots.py", "worker"],
+                cwd=PROJECT_ROOT,
+                env={**os.environ, **env},
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def ready(self) -> bool:
+        """Its pool child has loaded the models (Celery's own "ready." comes before that)."""
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"worker exited ({self.proc.returncode}):\n{self.tail()}")
+        return LOADED in self.log.read_text(errors="replace")
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        """Warm shutdown (SIGTERM to its process group), then SIGKILL if it lingers."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+
+@contextmanager
+def queue_workers(env: dict[str, str], workers: int, logs: Path, timeout: float = 600) -> Iterator[str]:
+    """A private redis-server and `workers` worker processes with their models loaded; yields the
+    broker URL."""
+    with RedisServer() as redis_server:
+        env = env | {"TALKTWIN_QUEUE__BROKER_URL": redis_server.url}
+        started: list[WorkerProcess] = []
         try:
-            for mode in modes:
-                if mode == "http":
-                    results[mode] = await run_http(components, users, messages, timeout)
-                else:
-                    results[mode] = await run_telegram(components, settings, users, messages, timeout, settle)
+            for i in range(workers):
+                started.append(WorkerProcess(env, logs / f"worker-{i}.log"))
+            end = time.monotonic() + timeout
+            while not all(w.ready() for w in started):
+                if time.monotonic() > end:
+                    raise RuntimeError("workers not ready:\n" + "\n".join(w.tail() for w in started))
+                time.sleep(0.5)
+            yield redis_server.url
         finally:
-            components.close()
-    return {"users": users, "messages_per_user": messages, "cores": os.cpu_count(), "modes": results}
+            for worker in started:
+                worker.stop()
+
+
+# ---------------------------------------------------------------------- one run
+async def run(
+    users: int,
+    messages: int,
+    modes: list[str],
+    timeout: float = 900,
+    settle: float = 5,
+    *,
+    execution: str = "embedded",
+    workers: int = 1,
+    worker_threads: int = 0,
+) -> dict[str, Any]:
+    """Load the models once (here, or in the queue's workers), then drive each mode in turn."""
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {
+            "TALKTWIN_PATHS__DATA_DIR": tmp,
+            "TALKTWIN_TELEGRAM__MAX_PENDING": "5",
+            "TALKTWIN_TELEGRAM__RATE_LIMIT_PER_MINUTE": "60",
+        }
+        if execution == "queue":
+            if worker_threads:
+                for key in ("ASR", "LLM", "RENDER"):
+                    env[f"TALKTWIN_{key}__THREADS"] = str(worker_threads)
+            with queue_workers(env, workers, Path(tmp)) as broker_url:
+                settings = load_settings(environ=env | {"TALKTWIN_QUEUE__BROKER_URL": broker_url})
+                results = await drive(settings, users, messages, modes, timeout, settle, warmups=workers)
+        else:
+            settings = load_settings(environ=env)
+            results = await drive(settings, users, messages, modes, timeout, settle, warmups=1)
+    return {
+        "users": users,
+        "messages_per_user": messages,
+        "cores": os.cpu_count(),
+        "execution": execution,
+        "workers": workers if execution == "queue" else None,
+        "worker_threads": (worker_threads or None) if execution == "queue" else None,
+        "modes": results,
+    }
+
+
+async def drive(
+    settings: Settings,
+    users: int,
+    messages: int,
+    modes: list[str],
+    timeout: float,
+    settle: float,
+    warmups: int,
+) -> dict[str, dict]:
+    """Build the components as `run_bots.py` does (no model here in queue mode) and run each mode."""
+    # On this thread, as before: the model processes it may start die with the thread that started
+    # them (PR_SET_PDEATHSIG), so not on a pool thread.
+    components = Components.load(settings)
+    results: dict[str, dict] = {}
+    try:
+        for mode in modes:
+            if mode == "http":
+                results[mode] = await run_http(components, users, messages, timeout, warmups)
+            else:
+                results[mode] = await run_telegram(
+                    components, settings, users, messages, timeout, settle, warmups
+                )
+    finally:
+        components.close()
+        # Celery's AsyncResults unsubscribe from Redis when collected: while the private server is up
+        # (otherwise each one retries for ~20 s at exit).
+        gc.collect()
+    return results
 
 
 def plot_mode(axes: Any, mode: str, stats: dict, messages: int) -> None:
@@ -353,10 +490,18 @@ def plot(report: dict, path: Path) -> None:
         ax.set_xlabel("")
     fig.suptitle(
         f"TalkTwin load test: {report['users']} users x {report['messages_per_user']} messages, "
-        f"{report['cores']} CPU cores, embedded defaults"
+        f"{report['cores']} CPU cores, {describe(report)}"
     )
     fig.tight_layout()
     fig.savefig(path, dpi=90)
+
+
+def describe(report: dict) -> str:
+    if report.get("execution") != "queue":
+        return "embedded defaults"
+    n = report["workers"]
+    threads = f", {report['worker_threads']} threads each" if report.get("worker_threads") else ""
+    return f"queue mode, {n} worker{'s' if n != 1 else ''}{threads}"
 
 
 def main() -> None:
@@ -368,11 +513,37 @@ def main() -> None:
     parser.add_argument("--via", choices=[*MODES, "both"], default="both")
     parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for one reply")
     parser.add_argument("--settle", type=float, default=5, help="seconds to wait for late duplicates")
-    parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "results" / "load_test.json")
-    parser.add_argument("--plot", type=Path, default=PROJECT_ROOT / "docs" / "load_test.png")
+    parser.add_argument(
+        "--mode", choices=EXECUTIONS, default="embedded", help="where replies are made (see above)"
+    )
+    parser.add_argument("--workers", type=int, default=1, help="queue mode: worker processes")
+    parser.add_argument(
+        "--worker-threads",
+        type=int,
+        default=0,
+        help="queue mode: CPU threads per worker for ASR, LLM and renderer (0 = one per core each)",
+    )
+    parser.add_argument("--out", type=Path, help="JSON (default bench/results/load_test[_queue_Nw].json)")
+    parser.add_argument("--plot", type=Path, help="plot (default docs/load_test[_queue_Nw].png)")
     args = parser.parse_args()
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    name = "load_test" if args.mode == "embedded" else f"load_test_queue_{args.workers}w"
+    args.out = args.out or PROJECT_ROOT / "bench" / "results" / f"{name}.json"
+    args.plot = args.plot or PROJECT_ROOT / "docs" / f"{name}.png"
     modes = list(MODES) if args.via == "both" else [args.via]
-    report = asyncio.run(run(args.users, args.messages, modes, args.timeout, args.settle))
+    report = asyncio.run(
+        run(
+            args.users,
+            args.messages,
+            modes,
+            args.timeout,
+            args.settle,
+            execution=args.mode,
+            workers=args.workers,
+            worker_threads=args.worker_threads,
+        )
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     args.plot.parent.mkdir(parents=True, exist_ok=True)
@@ -380,6 +551,7 @@ def main() -> None:
     summary = {
         mode: {k: v for k, v in stats.items() if k != "log"} for mode, stats in report["modes"].items()
     }
+    print(describe(report))
     print(json.dumps(summary, indent=2))
 
 
