@@ -225,6 +225,28 @@ class QueueSettings(_Section):
     max_deliveries: int = Field(ge=1, le=10)
 
 
+class LiveSettings(_Section):
+    """`[live]`: live conversations over WebRTC (bots/live, pipeline/live)."""
+
+    enabled: bool
+    max_sessions: int = Field(ge=1, le=64)
+    idle_timeout_s: float = Field(gt=0)
+    max_session_s: float = Field(gt=0)
+    size: int
+    end_silence_ms: float = Field(ge=100, le=5000)
+    min_speech_ms: float = Field(ge=32, le=2000)
+    vad_threshold: float = Field(gt=0, lt=1)
+    max_utterance_s: float = Field(gt=0, le=120)
+    ice_servers: list[str] = Field(default_factory=list)
+
+    @field_validator("size")
+    @classmethod
+    def _known_size(cls, size: int) -> int:
+        if size not in RENDER_SIZES:
+            raise ValueError(f"must be one of {RENDER_SIZES}")
+        return size
+
+
 class Settings(_Section):
     paths: PathSettings
     limits: LimitSettings
@@ -239,6 +261,7 @@ class Settings(_Section):
     telegram: TelegramSettings
     discord: DiscordSettings
     queue: QueueSettings
+    live: LiveSettings
 
     def resolve(self, path: str | Path) -> Path:
         """A configured path, relative ones taken from the project root (not the working dir)."""

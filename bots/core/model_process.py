@@ -170,6 +170,18 @@ class ModelProcessExecutor:
             return
         raise WorkerCrashed("the models' process died checking a photo")
 
+    def live_offer(self, request: str) -> str:
+        """Have the models' process answer a live conversation's WebRTC offer (blocking): the session
+        then runs there, its media straight between the client and that process (bots/live)."""
+        _, future = self._submit("live_offer", request)
+        try:
+            status, payload = future.result(timeout=120)
+        except _Crashed:
+            raise WorkerCrashed("the models' process died answering a live offer") from None
+        if status != "ok":
+            raise _error(payload)
+        return payload
+
     def forget_photo(self, image: bytes) -> None:
         """Have the child's renderers drop what they hold about a photo (its caches on disk are the
         service's to delete)."""

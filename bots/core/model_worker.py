@@ -2,10 +2,11 @@
 
 `ModelProcessExecutor` (model_process.py) starts this with multiprocessing's spawn and speaks to it
 over one pipe. Requests: ("job", key, job_json), ("cancel", key), ("check_photo", key, image),
-("forget_photo", image), ("answer", call_id, value). Messages back: ("ready", info),
-("done", key, "ok" | "error", payload), ("search", call_id, user, query, k). Knowledge stays with
-the service (it owns the vector store); a reply's retrieval calls back over the pipe. When the
-service goes, the pipe closes and this process exits; were the service killed, the kernel kills it.
+("forget_photo", image), ("answer", call_id, value), ("live_offer", key, request_json) (a live
+session then runs here, bots/live). Messages back: ("ready", info), ("done", key, "ok" | "error",
+payload), ("search", call_id, user, query, k). Knowledge stays with the service (it owns the vector
+store); a reply's retrieval calls back over the pipe. When the service goes, the pipe closes and this
+process exits; were the service killed, the kernel kills it.
 """
 
 from __future__ import annotations
@@ -123,10 +124,21 @@ def serve(settings_dump: dict[str, Any], conn: Connection) -> None:
         tokens[key] = CancelToken()
         replies.submit(run, key, job_json)
 
+    def live_offer(key: str, request: str) -> None:
+        from bots.live import child_offer  # live sessions run here: only signalling crosses the pipe
+
+        try:
+            link.send("done", key, "ok", child_offer(pipeline, request))
+        except Exception as e:
+            log.exception("live offer failed")
+            link.send("done", key, "error", error_payload(e))
+
+    offers = ThreadPoolExecutor(2, thread_name_prefix="live-offer")
     handlers.update(
         job=start_job,
         check_photo=lambda key, image: checks.submit(check, key, image),
         forget_photo=lambda image: checks.submit(forget_photo, image),
+        live_offer=lambda key, request: offers.submit(live_offer, key, request),
     )
     link.send(
         "ready", {"device": pipeline.renderer.capabilities.device, "workers": workers, "pid": os.getpid()}

@@ -326,6 +326,16 @@ def create_app(components, options: HttpOptions) -> FastAPI:
             raise HTTPException(404, "no such media (they expire after an hour)")
         return FileResponse(path, media_type="video/mp4" if name.endswith(".mp4") else "audio/ogg")
 
+    @app.post("/v1/live", dependencies=[Depends(authorised)])
+    async def live(request: Request) -> JSONResponse:
+        """A live conversation over WebRTC: the browser's SDP offer `{"sdp", "type": "offer", "user"}`
+        in, `{"sdp", "type": "answer"}` out; events on its `events` data channel (bots/live)."""
+        from bots.live import answer_offer
+
+        status, body = await answer_offer(components, await request.body(), lang_of(request), USER_ID)
+        headers = {"Retry-After": str(body["retry_after_s"])} if "retry_after_s" in body else None
+        return JSONResponse(body, status_code=status, headers=headers)
+
     @app.put("/v1/users/{user_id}/avatar", dependencies=[Depends(authorised)])
     async def set_avatar(user_id: str, image: Annotated[UploadFile, File()]) -> dict:
         """Check the photo (a face must be found) and make it the user's avatar."""

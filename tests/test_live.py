@@ -1,0 +1,296 @@
+"""Live conversations over WebRTC (/v1/live): a real aiortc client against the real stack.
+
+The client's microphone plays a question spoken by Piper; the server hears it with the real Silero
+VAD and Whisper, answers with a scripted chat model, speaks with Piper and draws with warp at 256 px.
+Everything goes over real WebRTC (ICE, DTLS-SRTP, Opus, VP8) on this machine's own addresses.
+Waits are generous and nothing is timed: the machine may be busy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection
+
+from bots.http.app import HttpOptions, create_app
+from bots.jobs import JobStore
+from bots.live import close_hub, hub_for
+from bots.live.client import LiveClient, to_mic
+from bots.live.hub import LiveHub
+from bots.runtime import Components
+from bots.service import ReplyService
+from memory.keys import user_key
+from memory.store import MemoryStore
+from pipeline.config import load_settings
+from pipeline.orchestrator import ReplyPipeline
+from pipeline.types import VoiceSettings
+from tests.helpers import ScriptedChat
+
+ANSWER = (
+    "Paris is the capital of France. It sits on the river Seine, in the north of the country. "
+    "Many people say it is at its loveliest in the spring."
+)
+WAIT_S = 180  # for anything that involves Whisper on a busy machine
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Components, ReplyPipeline]]:
+    from pipeline.asr.whisper import WhisperRecognizer
+    from pipeline.render.factory import build_renderer
+    from pipeline.tts.factory import build_synthesizer
+
+    data = tmp_path_factory.mktemp("live")
+    settings = load_settings(
+        environ={
+            "TALKTWIN_PATHS__DATA_DIR": str(data),
+            "TALKTWIN_RENDER__SIZE": "256",
+            "TALKTWIN_LIVE__SIZE": "256",
+            "TALKTWIN_TTS__BACKEND": "piper",  # offline: no edge-tts attempt
+            "TALKTWIN_LIVE__MAX_SESSIONS": "1",
+        }
+    )
+    memory = MemoryStore.from_settings(settings)
+    pipeline = ReplyPipeline(
+        settings,
+        recognizer=WhisperRecognizer(str(settings.resolve(settings.asr.model))),
+        chat_model=ScriptedChat(ANSWER),
+        synthesizer=build_synthesizer(settings),
+        renderer=build_renderer(settings),
+        context=memory,
+    )
+    jobs = JobStore(memory.engine, Path(data) / "jobs")
+    components = Components(pipeline, memory, memory.knowledge, ReplyService(max_pending=1), jobs)
+    yield components, pipeline
+    close_hub(pipeline)
+    components.close()
+
+
+@pytest.fixture(scope="module")
+def question(stack) -> np.ndarray:
+    """'What is the capital of France?' as a microphone hears it (48 kHz int16)."""
+    _, pipeline = stack
+    speech = pipeline.synthesizer.synthesize("What is the capital of France?", "en", VoiceSettings())
+    return to_mic(speech.audio.samples, speech.audio.sample_rate)
+
+
+def poster(components: Components, headers: dict[str, str] | None = None):
+    app = create_app(components, HttpOptions())
+
+    async def post(body: dict) -> tuple[int, dict]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+            r = await http.post("/v1/live", json=body, headers=headers or {})
+            retry = {"retry-after": r.headers["retry-after"]} if "retry-after" in r.headers else {}
+            return r.status_code, r.json() | retry
+
+    return post
+
+
+def live_threads() -> list[str]:
+    """Threads a live session starts: the conversation's three and aiortc's media decoders."""
+    return [t.name for t in threading.enumerate() if t.name.startswith("live-") and t.name != "live-loop"] + [
+        t.name for t in threading.enumerate() if t.name.endswith("-decoder")
+    ]
+
+
+def words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z]+", text.lower()))
+
+
+def test_a_spoken_question_is_heard_answered_and_can_be_interrupted(stack, question):
+    components, pipeline = stack
+    post = poster(components)
+
+    async def talk() -> LiveClient:
+        client = LiveClient()
+        status, body = await client.connect(post, "alice")
+        assert status == 200, body
+        assert body["type"] == "answer" and "m=audio" in body["sdp"] and "m=video" in body["sdp"]
+        try:
+            await client.wait_event("idle", WAIT_S)  # the avatar is ready and the events channel open
+            client.mic.say(np.zeros(12000, np.int16))  # a moment of silence first
+            client.mic.say(question)
+            heard = await client.wait_event("heard", WAIT_S)
+            assert {"capital", "france"} <= words(heard["text"]), heard
+            assert heard["language"] == "en"
+            first = await client.wait_event("answer", WAIT_S)
+            assert first["text"] == "Paris is the capital of France."
+            assert client.events("speaking"), "speaking comes before the first sentence"
+            # answer audio arrives (Opus, decoded), and video frames at 256 px
+            await client.wait_for(lambda: max(client.got.audio_rms[-100:], default=0) > 0.02, WAIT_S)
+            await client.wait_for(lambda: len(client.got.video_times) >= 50, WAIT_S)
+            assert client.got.video_size == (256, 256)
+
+            # barge-in: the user speaks while the twin talks; it stops and hears them out
+            client.mic.say(question)
+            stopped = await client.wait_for(
+                lambda: [e for e in client.events("idle") if e.get("interrupted")], WAIT_S
+            )
+            assert stopped
+            await client.wait_event("heard", WAIT_S, after=1)
+            # this time the answer is heard to the end: idle (not interrupted) after the last sentence
+            await client.wait_for(lambda: len(client.events("answer")) >= 1 + 3, WAIT_S)
+            await client.wait_for(
+                lambda: len([e for e in client.events("idle") if not e.get("interrupted")]) >= 2, WAIT_S
+            )
+            assert not client.events("error"), client.events("error")
+        finally:
+            await client.close()
+        return client
+
+    client = asyncio.run(talk())
+    hub = hub_for(pipeline)
+    asyncio.run(_until(lambda: not hub.sessions, WAIT_S))
+    assert hub.finished[-1]["reason"] in ("hangup", "connection_failed")
+    assert hub.finished[-1]["frames"] > 0
+    assert not live_threads(), live_threads()  # nothing left running
+    turns = components.memory.export(user_key("http", "alice"))["conversations"]["http:alice"]["turns"]
+    assert len(turns) == 2, turns
+    assert turns[0]["assistant"].startswith("Paris is the capital of France.")
+    assert "cut off" in turns[0]["assistant"] and ANSWER not in turns[0]["assistant"]
+    assert turns[1]["assistant"] == ANSWER
+    assert {"capital", "france"} <= words(turns[1]["user"])
+    assert len(client.events("speaking")) == 2
+
+
+async def _until(check, timeout: float) -> None:
+    for _ in range(int(timeout * 10)):
+        if check():
+            return
+        await asyncio.sleep(0.1)
+    raise TimeoutError("condition not met")
+
+
+def test_bad_offers_get_a_clear_400(stack):
+    components, _ = stack
+    post = poster(components)
+
+    async def run() -> None:
+        status, body = await post({"sdp": "this is not SDP", "type": "offer", "user": "bob"})
+        assert status == 400 and body["error"] == "bad_sdp" and "SDP" in body["message"], body
+        status, body = await post({"sdp": "v=0", "type": "answer", "user": "bob"})
+        assert status == 400 and body["error"] == "bad_offer"
+        status, body = await post({"sdp": "v=0", "type": "offer", "user": "../etc"})
+        assert status == 422
+        # a well-formed offer without a microphone
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc.createDataChannel("events")
+        pc.addTransceiver("video", direction="recvonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        status, body = await post({"sdp": pc.localDescription.sdp, "type": "offer", "user": "bob"})
+        await pc.close()
+        assert status == 400 and body["error"] == "no_audio", body
+
+    asyncio.run(run())
+    assert not hub_for(stack[1]).sessions
+
+
+def test_a_second_session_beyond_the_limit_is_told_to_wait(stack):
+    components, pipeline = stack
+    post = poster(components)
+
+    async def run() -> None:
+        first, second = LiveClient(), LiveClient()
+        try:
+            status, _ = await first.connect(post, "carol")
+            assert status == 200
+            status, body = await second.connect(post, "dave")
+            assert status == 429 and body["error"] == "busy", body
+            assert re.fullmatch(r"busy, try again in \d+ s", body["message"])
+            assert int(body["retry-after"]) >= 1
+            await first.wait_event("idle", WAIT_S)
+        finally:
+            await first.close()
+            await second.close()
+
+    asyncio.run(run())
+    hub = hub_for(pipeline)
+    asyncio.run(_until(lambda: not hub.sessions, WAIT_S))
+    assert not live_threads(), live_threads()
+
+
+def test_a_silent_session_ends_after_the_idle_timeout(stack):
+    _, pipeline = stack
+    settings = pipeline.settings
+    quick = settings.model_copy(update={"live": settings.live.model_copy(update={"idle_timeout_s": 2.0})})
+    hub = LiveHub(pipeline, quick)
+
+    async def run() -> LiveClient:
+        client = LiveClient(with_video=False)
+
+        async def post(body: dict) -> tuple[int, dict]:
+            return await asyncio.to_thread(hub.offer, {**body, "user": "http:erin"})
+
+        try:
+            status, body = await client.connect(post, "erin")
+            assert status == 200, body
+            await client.wait_event("error", WAIT_S)
+        finally:
+            await client.close()
+        return client
+
+    try:
+        client = asyncio.run(run())
+        assert client.events("error")[0]["error"] == "idle_timeout"
+        assert "nobody spoke" in client.events("error")[0]["message"]
+        asyncio.run(_until(lambda: not hub.sessions, WAIT_S))
+        assert hub.finished[-1]["reason"] == "idle_timeout"
+    finally:
+        hub.close()
+    assert not live_threads(), live_threads()
+
+
+def test_with_the_models_in_their_own_process_the_session_runs_there(tmp_path: Path, question):
+    """Embedded mode's default: only the offer and answer cross the pipe; the media flow between the
+    client and the models' process, and the turn lands in the user's memory."""
+    from bots.core.model_process import ModelProcessExecutor
+    from tests.test_llm import FakeOpenAIServer
+
+    with FakeOpenAIServer(["Paris, ", "of course."]) as llm:
+        settings = load_settings(
+            environ={
+                "TALKTWIN_PATHS__DATA_DIR": str(tmp_path / "data"),
+                "TALKTWIN_RENDER__SIZE": "256",
+                "TALKTWIN_LLM__BACKEND": "openai",
+                "TALKTWIN_LLM__BASE_URL": llm.base_url,
+                "TALKTWIN_LLM__MODEL": "fake",
+                "TALKTWIN_TTS__BACKEND": "piper",
+                "TALKTWIN_MEMORY__SUMMARIZE": "false",
+            }
+        )
+        components = Components.load(settings)
+        try:
+            assert isinstance(components.executor, ModelProcessExecutor) and components.pipeline is None
+            child = components.executor.info["pid"]
+            post = poster(components)
+
+            async def talk() -> LiveClient:
+                client = LiveClient()
+                try:
+                    status, body = await client.connect(post, "frank")
+                    assert status == 200, body
+                    await client.wait_event("idle", WAIT_S)
+                    client.mic.say(question)
+                    heard = await client.wait_event("heard", WAIT_S)
+                    assert {"capital", "france"} <= words(heard["text"]), heard
+                    assert (await client.wait_event("answer", WAIT_S))["text"] == "Paris, of course."
+                    await client.wait_for(lambda: len(client.events("idle")) >= 2, WAIT_S)
+                    assert len(client.got.video_times) > 0 and max(client.got.audio_rms) > 0.02
+                finally:
+                    await client.close()
+                return client
+
+            asyncio.run(talk())
+            assert components.executor.info["pid"] == child and components.executor.starts == 1
+            assert not live_threads()  # none of it ran in this process
+            turns = components.memory.export(user_key("http", "frank"))["conversations"]["http:frank"]
+            assert [t["assistant"] for t in turns["turns"]] == ["Paris, of course."]
+        finally:
+            components.close()
