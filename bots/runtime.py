@@ -81,7 +81,7 @@ class Components:
             blobs=blobs,
             check_photo=check_photo,
             frame=settings.render.frame,
-            reply_timeout_s=settings.reply.timeout_s,
+            job_patience_s=job_patience_s(settings),
         )
 
     @classmethod
@@ -92,7 +92,7 @@ class Components:
             pipeline = None
             knowledge = KnowledgeBase.from_settings(settings)
             memory = MemoryStore.from_settings(settings, knowledge=knowledge)
-            workers = max(1, settings.reply.max_queue)  # the workers' machines bound the real concurrency
+            workers = 1  # unknown here: "try again in N s" errs on the long side
         elif settings.reply.models_process:
             pipeline = None
             knowledge = KnowledgeBase.from_settings(settings)
@@ -164,6 +164,15 @@ class Components:
         self.memory.close()
         if self.pipeline is not None:
             self.pipeline.close()
+
+
+def job_patience_s(settings: Settings) -> float:
+    """How long a reply may take from admission, every retry included, before it is given up."""
+    if settings.queue.broker_url:
+        from bots.queue.executor import CeleryExecutor
+
+        return CeleryExecutor.patience_s(settings)
+    return settings.reply.timeout_s * 2 + 60  # a crashed models' process gets one more go
 
 
 def _redacted(url: str) -> str:

@@ -37,9 +37,14 @@ class FolderBlobStore:
         return self._write(secrets.token_hex(16) + suffix, data)
 
     def put_shared(self, data: bytes, suffix: str = "") -> str:
-        """Store bytes under their content hash (an avatar many jobs use); kept until forgotten."""
+        """Store bytes under their content hash (an avatar many jobs use); kept until forgotten or
+        unused for longer than a purge's age."""
         ref = self.shared_ref(data, suffix)
-        return ref if self._path(ref).exists() else self._write(ref, data)
+        try:
+            os.utime(self._path(ref))  # in use again: not purged
+            return ref
+        except FileNotFoundError:
+            return self._write(ref, data)
 
     @staticmethod
     def shared_ref(data: bytes, suffix: str = "") -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
@@ -30,6 +31,8 @@ from pipeline.cancel import CancelToken
 from pipeline.errors import EmptyText, InternalFailure, TalkTwinError
 
 log = logging.getLogger(__name__)
+PURGE_EVERY_S = 3600
+BLOB_TTL_S = 86400  # no job lives this long; an avatar in use is written again by its next job
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,7 @@ class Conversations:
         blobs: FolderBlobStore,
         check_photo: Callable[[bytes], object],
         frame: str = "square",
-        reply_timeout_s: float = 180.0,
+        job_patience_s: float = 420.0,
     ) -> None:
         self.memory = memory
         self.knowledge = knowledge
@@ -85,9 +88,10 @@ class Conversations:
         self.blobs = blobs
         self.check_photo = check_photo  # raises NoFaceFound and friends for a photo that cannot be used
         self.frame = frame
-        self.reply_timeout_s = reply_timeout_s
+        self.job_patience_s = job_patience_s  # from acceptance until an answer is no use any more
         self._arrivals: dict[str, asyncio.Lock] = {}
         self._one_off: set[str] = set()  # blob refs of avatars sent for one reply only
+        self._purged_at = 0.0
 
     # ------------------------------------------------------------------ who is talking
     async def language(self, user: str, locale: str | None = None) -> str:
@@ -250,6 +254,9 @@ class Conversations:
     ) -> ReplyJob:
         """A job for the user with their voice and avatar (or `avatar`, for this reply only); the
         media go into the blob store."""
+        if time.monotonic() - self._purged_at > PURGE_EVERY_S:  # what crashed or abandoned jobs left
+            self._purged_at = time.monotonic()
+            await asyncio.to_thread(self.blobs.purge, BLOB_TTL_S)
         profile = await asyncio.to_thread(self.memory.profile, user)
         if avatar is not None:  # this reply's own: dropped with the job, like its audio
             avatar_ref: str | None = await asyncio.to_thread(self.blobs.put, avatar)
@@ -260,7 +267,7 @@ class Conversations:
             if stored is not None:
                 avatar_ref = await asyncio.to_thread(self.blobs.put_shared, stored)
         return ReplyJob(
-            id=str(job_id) if job_id is not None else f"x{time.monotonic_ns()}",
+            id=str(job_id) if job_id is not None else f"x{secrets.token_hex(8)}",
             user=user,
             conversation=conversation,
             output=spec,
@@ -270,7 +277,7 @@ class Conversations:
             voice=profile.voice,
             say=say,
             subtitles=subtitles,
-            deadline=time.time() + self.reply_timeout_s,
+            deadline=time.time() + self.job_patience_s,
         )
 
     async def run(

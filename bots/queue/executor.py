@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import secrets
 import time
 
@@ -23,6 +24,9 @@ from pipeline.config import Settings
 from pipeline.errors import InternalFailure, error_for_code
 
 POLL_S = 0.1
+CHECK_PHOTO_TIMEOUT_S = 120
+TASK_KEY = "talktwin:task:{}"
+log = logging.getLogger(__name__)
 
 
 class CeleryExecutor:
@@ -31,13 +35,34 @@ class CeleryExecutor:
         self.blobs = blobs
         self.app = app or make_app(settings)
         self.redis = redis.Redis.from_url(settings.queue.broker_url)
+        if settings.queue.redelivery_after_s <= settings.reply.timeout_s:
+            log.warning(
+                "queue.redelivery_after_s (%g s) is not above reply.timeout_s (%g s): a slow reply may be "
+                "handed to a second worker while the first still makes it",
+                settings.queue.redelivery_after_s,
+                settings.reply.timeout_s,
+            )
+
+    @staticmethod
+    def patience_s(settings: Settings) -> float:
+        """How long a job may take here, every redelivery included, before its answer is no use."""
         queue = settings.queue
-        # the longest a job may take here: its own deadline plus every redelivery it may need
-        self.grace_s = queue.redelivery_after_s * queue.max_deliveries + 30
+        return settings.reply.timeout_s + queue.redelivery_after_s * queue.max_deliveries + 60
 
     async def run(self, job: ReplyJob, cancel: CancelToken) -> ReplyOutcome:
+        # One task per job, even across a restart of the bots: a resumed job whose task is still
+        # queued or in work waits for that task instead of having the reply made twice.
+        key = TASK_KEY.format(job.id)
         task_id = f"{job.id}-{secrets.token_hex(6)}"
-        value = await self._call(REPLY_TASK, job.to_json(), task_id, cancel, job.deadline)
+        if not await asyncio.to_thread(self.redis.set, key, task_id, nx=True, ex=86400):
+            earlier = await asyncio.to_thread(self.redis.get, key)
+            task_id, resend = (earlier.decode() if earlier else task_id), False
+        else:
+            resend = True
+        try:
+            value = await self._call(REPLY_TASK, job.to_json(), task_id, cancel, job.deadline, send=resend)
+        finally:
+            await asyncio.to_thread(self.redis.delete, key)
         return ReplyOutcome.from_json(json.dumps(value["outcome"]))
 
     def check_photo(self, image: bytes) -> None:
@@ -46,7 +71,7 @@ class CeleryExecutor:
         try:
             result = self.app.send_task(CHECK_PHOTO_TASK, args=[ref], task_id=f"photo-{secrets.token_hex(6)}")
             try:
-                value = json.loads(result.get(timeout=self.grace_s))
+                value = json.loads(result.get(timeout=CHECK_PHOTO_TIMEOUT_S))
             finally:
                 result.forget()
         finally:
@@ -55,10 +80,20 @@ class CeleryExecutor:
             raise error_for_code(value["error"], value.get("detail", ""), value.get("params"))
 
     async def _call(
-        self, name: str, arg: str, task_id: str, cancel: CancelToken | None, deadline: float | None
+        self,
+        name: str,
+        arg: str,
+        task_id: str,
+        cancel: CancelToken | None,
+        deadline: float | None,
+        *,
+        send: bool = True,
     ) -> dict:
-        result = await asyncio.to_thread(self.app.send_task, name, args=[arg], task_id=task_id)
-        give_up = (deadline or time.time() + 180) + self.grace_s
+        if send:
+            result = await asyncio.to_thread(self.app.send_task, name, args=[arg], task_id=task_id)
+        else:
+            result = self.app.AsyncResult(task_id)
+        give_up = (deadline or time.time() + 180) + 30  # the worker refuses it after the deadline
         cancelled = False
         try:
             while not await asyncio.to_thread(result.ready):

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -45,13 +46,16 @@ class _Loaded:
         log.info("worker process %d: models loaded, taking replies", os.getpid())
 
 
-def register_tasks(app: Celery, settings: Settings) -> None:
+def register_tasks(app: Celery, settings: Settings) -> Callable[[], _Loaded]:
+    """Register the tasks; returns what loads the models (once per process) when first called."""
     state: dict[str, _Loaded] = {}
+    lock = threading.Lock()
 
     def loaded() -> _Loaded:
-        if "it" not in state:
-            state["it"] = _Loaded(settings)
-        return state["it"]
+        with lock:
+            if "it" not in state:
+                state["it"] = _Loaded(settings)
+            return state["it"]
 
     @worker_process_init.connect(weak=False)
     def load_models(**_: Any) -> None:
@@ -112,12 +116,19 @@ def run_worker(settings: Settings, concurrency: int = 0) -> None:
     if not settings.queue.broker_url:
         raise SystemExit("queue.broker_url is empty: set TALKTWIN_QUEUE__BROKER_URL=redis://host:port/0")
     app = make_app(settings)
-    register_tasks(app, settings)
-    concurrency = concurrency or settings.queue.worker_concurrency or 1
+    load = register_tasks(app, settings)
+    concurrency = (
+        concurrency or settings.queue.worker_concurrency or (4 if settings.render.device == "cuda" else 1)
+    )
+    # One reply at a time: a pool child of its own, so a native crash costs that child, not the
+    # worker. Several (a GPU): threads sharing one set of models, so their frames meet in batches.
+    pool = "prefork" if concurrency == 1 else "threads"
+    if pool == "threads":
+        load()
     app.worker_main(
         [
             "worker",
-            "--pool=prefork",
+            f"--pool={pool}",
             f"--concurrency={concurrency}",
             "--loglevel=INFO",
             "--without-gossip",
