@@ -237,6 +237,7 @@ class LiveSettings(_Section):
     min_speech_ms: float = Field(ge=32, le=2000)
     vad_threshold: float = Field(gt=0, lt=1)
     max_utterance_s: float = Field(gt=0, le=120)
+    offline_voice: bool
     ice_servers: list[str] = Field(default_factory=list)
 
     @field_validator("size")

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shutil
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -294,3 +297,120 @@ def test_with_the_models_in_their_own_process_the_session_runs_there(tmp_path: P
             assert [t["assistant"] for t in turns["turns"]] == ["Paris, of course."]
         finally:
             components.close()
+
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+@pytest.mark.skipif(
+    not (CHROMIUM and DRIVER),
+    reason="needs Debian's chromium and chromium-driver (the Makefile installs them)",
+)
+def test_the_pages_live_button_in_a_real_browser(stack, question, tmp_path: Path):
+    """Headless Chromium whose fake microphone plays the spoken question: the page's Live mode
+    connects, the question is heard and answered, video and answer audio are received (getStats),
+    and hanging up ends the session on the server."""
+    import uvicorn
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    from pipeline.media.video_output import write_wav
+    from pipeline.types import Audio
+
+    components, pipeline = stack
+    mic = tmp_path / "question.wav"  # looped by Chromium: the long silence keeps it to one question
+    pcm = np.concatenate([np.zeros(48000, np.int16), question, np.zeros(48000 * 60, np.int16)])
+    write_wav(mic, Audio(pcm.astype(np.float32) / 32768, 48000))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = create_app(components, HttpOptions(port=port))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={mic}",
+        "--autoplay-policy=no-user-gesture-required",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--lang=en-US",
+    ):
+        options.add_argument(flag)
+    browser = webdriver.Chrome(service=Service(executable_path=DRIVER), options=options)
+    hub = hub_for(pipeline)
+    try:
+        browser.set_page_load_timeout(30)
+        browser.set_script_timeout(30)
+        browser.get(f"http://127.0.0.1:{port}/")
+        log_items = lambda: [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#log li")]  # noqa: E731
+        browser.find_element(By.ID, "live").click()
+        heard = _wait(
+            lambda: [x for x in log_items() if x.startswith("You:")], "the heard question", log_items
+        )
+        assert "capital" in heard[0].lower(), heard
+        _wait(lambda: "Twin: Paris is the capital of France." in log_items(), "the first answer", log_items)
+        stats = _wait(
+            lambda: (s := _inbound(browser))["video_frames"] > 25 and s["audio_energy"] > 0 and s,
+            "decoded video and answer audio",
+            lambda: _inbound(browser),
+        )
+        assert stats["width"] == 256, stats
+        assert not [x for x in log_items() if x.startswith("⚠")], log_items()
+        browser.find_element(By.ID, "live").click()  # hang up
+        _wait(lambda: not hub.sessions, "the session to end on the server", lambda: hub.sessions)
+        assert browser.execute_script("return window.talktwinLive()") is None
+        assert browser.find_element(By.ID, "live").text == "🔴 Live"
+    finally:
+        browser.quit()
+        server.should_exit = True
+        thread.join(10)
+    _wait(lambda: not live_threads(), "the live threads to end", live_threads)
+    assert hub.finished[-1]["reason"] in ("hangup", "connection_failed")
+
+
+def _inbound(browser) -> dict:
+    """What the page's peer connection received, from getStats()."""
+    return browser.execute_async_script(
+        """
+        const done = arguments[arguments.length - 1];
+        const live = window.talktwinLive();
+        if (!live) return done({video_frames: 0, audio_energy: 0});
+        live.pc.getStats().then((report) => {
+          const out = {video_frames: 0, audio_energy: 0, width: 0};
+          report.forEach((s) => {
+            if (s.type !== "inbound-rtp") return;
+            if (s.kind === "video") {
+              out.video_frames = s.framesDecoded || 0;
+              out.width = s.frameWidth || 0;
+            }
+            if (s.kind === "audio") out.audio_energy = s.totalAudioEnergy || 0;
+          });
+          done(out);
+        });
+        """
+    )
+
+
+def _wait(check, what: str, show, timeout: float = WAIT_S):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}: {show()}")

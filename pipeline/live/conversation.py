@@ -73,6 +73,7 @@ class LiveOptions:
     idle_ahead: int = 3  # idle frames drawn ahead of the one on screen (latency of an answer's start)
     speech_ahead_s: float = 2.0  # answer frames drawn ahead: slack against a busy CPU
     answer_timeout_s: float = 120  # longest one answer may take to write, speak and draw
+    offline_voice: bool = True  # with tts.backend "auto": the offline voice, never edge-tts's round trip
 
     @classmethod
     def from_settings(cls, settings: Any) -> LiveOptions:
@@ -87,6 +88,7 @@ class LiveOptions:
             end_silence_ms=live.end_silence_ms,
             max_utterance_s=live.max_utterance_s,
             answer_timeout_s=settings.reply.timeout_s,
+            offline_voice=live.offline_voice,
         )
 
     @property
@@ -353,9 +355,12 @@ class LiveConversation:
             context = pipeline.context.context_for(self.thread, self.user, answer.question)
             messages = pipeline._messages(answer.question, answer.language, context)
             answer.timings.add("context", time.perf_counter() - t0)
+            t0 = time.perf_counter()
             sentences = pipeline._answer_sentences(messages, answer.timings, token, AnswerEnding())
             try:
                 for sentence in sentences:
+                    if not answer.written:
+                        answer.timings.add("first_sentence", time.perf_counter() - t0)
                     self._say(answer, sentence)
             finally:
                 sentences.close()  # stops the model mid-answer when the user interrupted
@@ -384,10 +389,13 @@ class LiveConversation:
         if not has_speakable_text(text):
             return
         t0 = time.perf_counter()
+        language = detect_language(text, default=answer.language)
+        synthesizer = self.pipeline.synthesizer
+        offline_for = getattr(synthesizer, "offline_for", None)  # AutoSynthesizer's local voices
+        if self.options.offline_voice and offline_for is not None:
+            synthesizer = offline_for(language)
         with answer.token.stage("tts"):
-            speech = self.pipeline.synthesizer.synthesize(
-                text, detect_language(text, default=answer.language), self.voice
-            )
+            speech = synthesizer.synthesize(text, language, self.voice)
         answer.timings.add("tts" if answer.written else "tts_first", time.perf_counter() - t0)
         answer.token.check()
         answer.written.append(sentence)

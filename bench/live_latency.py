@@ -1,0 +1,245 @@
+"""Live conversation latency at a real WebRTC client: end of the user's speech → first answer audio and
+first moving-mouth frame, as the client receives them.
+
+The service runs as `run_bots.py` runs it (Components.load: by default the models in their own
+process, the embedded chat model, the configured voice), with its HTTP server on a free port; an
+aiortc client (bots/live/client.py) posts its offer to /v1/live and plays spoken questions as its
+microphone, in real time, one after the other, each after the previous answer has ended.
+
+Per question:
+- `audio_s`: from the end of the question's last sample leaving the client's microphone to the first
+  received answer audio (decoded Opus louder than -40 dBFS; the idle avatar sends digital silence).
+- `mouth_s`: to the first received video frame whose mouth is open (FaceMesh landmarks re-detected
+  on the decoded frames: inner-lip gap / mouth width above the idle frames' level by a margin).
+- the server's split, from its `speaking` event: VAD hang-over (the configured end silence), ASR,
+  memory/knowledge, first LLM sentence, its TTS, its first render batch, and `first_frame` (from end
+  of turn detected to the first frame handed to WebRTC); `transport_s` is what remains of `audio_s`
+  (microphone and network transport, the client's jitter buffer, Opus, pacing).
+
+    .venv/bin/python -m bench.live_latency [--runs 3] [--langs en,zh] [--size 256] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import platform
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from bots.live.client import LiveClient, to_mic
+from pipeline.config import load_settings
+from pipeline.types import VoiceSettings
+
+QUESTIONS = {
+    "en": [
+        "What is the capital of France?",
+        "Can you tell me a fun fact about cats?",
+        "How do I make a good cup of tea?",
+        "What should I cook for dinner tonight?",
+        "Why is the sky blue?",
+    ],
+    "zh": [
+        "法国的首都是哪里？",
+        "给我讲一个关于猫的小知识。",
+        "怎么泡一杯好茶？",
+        "今天晚饭吃什么好？",
+        "天空为什么是蓝色的？",
+    ],
+}
+LOUD = 0.01  # RMS of received audio that counts as the answer (-40 dBFS)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def first_open_mouth(times: list[float], frames: list[np.ndarray], after: float) -> float | None:
+    """Arrival time of the first frame after `after` whose mouth is clearly open (vs the idle frames
+    received just before `after`)."""
+    import mediapipe as mp
+
+    picked = [(t, f) for t, f in zip(times, frames, strict=True) if t > after - 1.0]
+    if not picked:
+        return None
+    openness = []
+    with mp.solutions.face_mesh.FaceMesh(
+        static_image_mode=False, max_num_faces=1, refine_landmarks=True
+    ) as mesh:
+        for _, frame in picked:
+            found = mesh.process(np.ascontiguousarray(frame))
+            if not found.multi_face_landmarks:
+                openness.append(np.nan)
+                continue
+            lm = found.multi_face_landmarks[0].landmark
+            gap = np.hypot(lm[13].x - lm[14].x, lm[13].y - lm[14].y)
+            width = np.hypot(lm[61].x - lm[291].x, lm[61].y - lm[291].y)
+            openness.append(gap / width)
+    values = np.array(openness)
+    idle = values[[t <= after for t, _ in picked]]
+    idle = idle[~np.isnan(idle)]
+    base = float(np.median(idle)) if len(idle) else float(np.nanmin(values))
+    spread = float(np.std(idle)) if len(idle) > 2 else 0.0
+    threshold = base + max(0.05, 4 * spread)
+    for (t, _), value in zip(picked, values, strict=True):
+        if t > after and value > threshold:
+            return t
+    return None
+
+
+def _first(client: LiveClient, kinds: tuple[str, ...], since: int) -> int | None:
+    """Index (1-based, so always true) of the first event of `kinds` at or after `since`."""
+    for i, (_, event) in enumerate(client.got.events[since:], since):
+        if event["type"] in kinds:
+            return i + 1
+    return None
+
+
+async def run_questions(url: str, questions: list[tuple[str, np.ndarray]], log: list[dict]) -> None:
+    async def post(body: dict) -> tuple[int, dict]:
+        async with httpx.AsyncClient(timeout=120) as http:
+            r = await http.post(url, json=body)
+            return r.status_code, r.json()
+
+    client = LiveClient(keep_frames=True)
+    status, body = await client.connect(post, "bench")
+    if status != 200:
+        raise SystemExit(f"/v1/live answered {status}: {body}")
+    try:
+        await client.wait_event("idle", 120)
+        await asyncio.sleep(2.0)  # a little idle video first
+        for n, (text, pcm) in enumerate(questions):
+            got = client.got
+            # forget what came before the last 2 s (frames are large)
+            keep = time.monotonic() - 2.0
+            cut = next((i for i, t in enumerate(got.video_times) if t >= keep), len(got.video_times))
+            del got.video_times[:cut], got.video_frames[:cut]
+            mark = len(client.got.events)
+            _, end = client.mic.say(pcm)
+
+            began = await client.wait_for(lambda m=mark: _first(client, ("speaking", "error"), m), 180)
+            await client.wait_for(lambda b=began: _first(client, ("idle",), b), 180)
+            await asyncio.sleep(1.0)
+            speaking = [e for _, e in client.got.events[mark:] if e["type"] == "speaking"]
+            heard = next((e for _, e in client.got.events[mark:] if e["type"] == "heard"), {})
+            answer = [e["text"] for _, e in client.got.events[mark:] if e["type"] == "answer"]
+            audio_at = next(
+                (t for t, rms in zip(got.audio_times, got.audio_rms, strict=True) if t > end and rms > LOUD),
+                None,
+            )
+            mouth_at = await asyncio.to_thread(
+                first_open_mouth, list(got.video_times), list(got.video_frames), end
+            )
+            timings = speaking[0]["timings"] if speaking else {}
+            row = {
+                "question": text,
+                "heard": heard.get("text", ""),
+                "answer": " ".join(answer),
+                "audio_s": round(audio_at - end, 3) if audio_at else None,
+                "mouth_s": round(mouth_at - end, 3) if mouth_at else None,
+                "server": timings,
+            }
+            if audio_at and timings:
+                row["transport_s"] = round(
+                    audio_at - end - timings["vad_hangover"] - timings["first_frame"], 3
+                )
+            log.append(row)
+            print(f"{n + 1}. {json.dumps(row, ensure_ascii=False)}", flush=True)
+        stats = {
+            "video_frames": len(client.got.video_times),
+            "errors": client.events("error"),
+        }
+        log.append({"client": stats})
+    finally:
+        await client.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=3, help="questions per language")
+    parser.add_argument("--langs", default="en,zh")
+    parser.add_argument("--size", type=int, default=0, help="live frame size (default: [live] size)")
+    parser.add_argument("--out", default="", help="write the results as JSON here")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    from bots.http.app import HttpOptions
+    from bots.http.server import HttpServer
+    from bots.runtime import Components
+    from pipeline.tts.factory import build_synthesizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {"TALKTWIN_PATHS__DATA_DIR": tmp, "TALKTWIN_LLM__TEMPERATURE": "0"}
+        if args.size:
+            env["TALKTWIN_LIVE__SIZE"] = str(args.size)
+        settings = load_settings(environ={**os.environ, **env})
+        voice = build_synthesizer(settings)
+        langs = [lang for lang in args.langs.split(",") if lang]
+        questions = []
+        for lang in langs:
+            for text in QUESTIONS[lang][: args.runs]:
+                speech = voice.synthesize(text, lang, VoiceSettings())
+                questions.append((text, to_mic(speech.audio.samples, speech.audio.sample_rate)))
+        t0 = time.perf_counter()
+        components = Components.load(settings)
+        load_s = time.perf_counter() - t0
+        port = free_port()
+        results: list[dict] = []
+
+        async def serve() -> None:
+            server = HttpServer(HttpOptions(port=port), components)
+            await server.start()
+            try:
+                await run_questions(f"http://127.0.0.1:{port}/v1/live", questions, results)
+            finally:
+                await server.stop()
+
+        try:
+            asyncio.run(serve())
+        finally:
+            components.close()
+    rows = [r for r in results if "question" in r]
+    summary = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at "
+        "the end (shared with other work)",
+        "live_size": settings.live.size,
+        "end_silence_ms": settings.live.end_silence_ms,
+        "chat_model": settings.llm.model,
+        "models": "own process" if settings.reply.models_process else "in the service's process",
+        "load_s": round(load_s, 1),
+    }
+    for key in ("audio_s", "mouth_s", "transport_s"):
+        values = [r[key] for r in rows if r.get(key) is not None]
+        summary[key] = {
+            "p50": round(percentile(values, 0.5), 3),
+            "p95": round(percentile(values, 0.95), 3),
+            "n": len(values),
+        }
+    stages = sorted({k for r in rows for k in r.get("server", {})})
+    summary["server"] = {
+        s: round(percentile([r["server"].get(s, 0) for r in rows if r.get("server")], 0.5), 3) for s in stages
+    }
+    print(json.dumps(summary, indent=2, ensure_ascii=False))
+    if args.out:
+        Path(args.out).write_text(
+            json.dumps({"summary": summary, "questions": results}, indent=2, ensure_ascii=False)
+        )
+
+
+if __name__ == "__main__":
+    main()
