@@ -1,0 +1,1 @@
+"""The adapter contract (tests/test_adapter_contract.py): one driver per platform, same interface."""
