@@ -10,12 +10,15 @@ workers do): total fps with each reply drawing its own batches, and with SharedB
 them (what the service uses on CUDA).
 
     .venv/bin/python -m bench.render_fps [--seconds 8] [--sizes 256 512] [--device cpu] [--frame photo]
-        [--replies 4] [--backends warp wav2lip] [--wav2lip-checkpoint PATH | --random-weights]
+        [--replies 4] [--backends warp wav2lip sadtalker] [--wav2lip-checkpoint PATH]
+        [--sadtalker-dir DIR] [--random-weights]
 
 Every backend is built as the service builds it (settings, then load) and driven through its render
 session. Neural backends need their checkpoint; `--random-weights` writes a random-valued file in the
 official layout (tests/data/checkpoint_layouts/): random weights cost the same compute as real ones,
-so the speed is real (the pictures are not).
+so the speed is real (the pictures are not). SadTalker draws a whole answer at once (its frames come
+out of the session's finish), uses --batch as its own batch and is measured without its CPU length
+limit; on a CPU it costs seconds per frame, so give it a short --seconds.
 
 Writes bench/results/render_fps_<device>.json.
 """
@@ -68,7 +71,12 @@ def build(backend: str, device: str, batch: int, frame: str, checkpoints: dict[s
         "TALKTWIN_RENDER__SHARE_BATCHES": "off",
         "TALKTWIN_PATHS__DATA_DIR": tempfile.mkdtemp(prefix="render_fps_"),
     }
-    if backend in checkpoints:
+    if backend == "sadtalker":
+        env["TALKTWIN_RENDER__SADTALKER__BATCH"] = str(batch)
+        env["TALKTWIN_RENDER__SADTALKER__MAX_CPU_SECONDS"] = "1e9"
+        if backend in checkpoints:
+            env["TALKTWIN_RENDER__SADTALKER__CHECKPOINT_DIR"] = str(checkpoints[backend])
+    elif backend in checkpoints:
         env[f"TALKTWIN_RENDER__{backend.upper()}__CHECKPOINT"] = str(checkpoints[backend])
     return build_renderer(load_settings(environ=env))
 
@@ -86,7 +94,8 @@ def measure(renderer: AvatarRenderer, size: int, seconds: float, batch: int, pho
     speech = test_speech(seconds)
     n = round(seconds * FPS)
     gpu = renderer.capabilities.gpu
-    for _ in _frames(renderer, avatar, speech, 2 * batch):
+    warm = min(n, batch) if renderer.capabilities.whole_utterance else 2 * batch
+    for _ in _frames(renderer, avatar, speech, warm):
         pass  # warm-up: allocator, kernels
     if gpu:
         torch.cuda.synchronize()
@@ -110,6 +119,7 @@ def measure(renderer: AvatarRenderer, size: int, seconds: float, batch: int, pho
         "frames": n,
         "prepare_s": round(prepare_s, 3),
         "render_fps": round(n / render_s, 1),
+        "render_s_per_frame": round(render_s / n, 2),
         "render_encode_fps": round(n / total_s, 1),
         "realtime_x_render_encode": round(n / total_s / FPS, 2),
     }
@@ -168,6 +178,7 @@ def main() -> None:
     parser.add_argument("--replies", type=int, default=0, help="also measure N concurrent replies")
     parser.add_argument("--backends", nargs="*", default=["warp"])
     parser.add_argument("--wav2lip-checkpoint", type=Path, default=None)
+    parser.add_argument("--sadtalker-dir", type=Path, default=None, help="SadTalker's checkpoint_dir")
     parser.add_argument(
         "--random-weights", action="store_true", help="random checkpoints in the official layout"
     )
@@ -179,6 +190,14 @@ def main() -> None:
     checkpoints = {"wav2lip": args.wav2lip_checkpoint} if args.wav2lip_checkpoint else {}
     if args.random_weights and "wav2lip" in args.backends and "wav2lip" not in checkpoints:
         checkpoints["wav2lip"] = random_checkpoint("wav2lip_gan.json")
+    if args.sadtalker_dir:
+        checkpoints["sadtalker"] = args.sadtalker_dir
+    elif args.random_weights and "sadtalker" in args.backends:
+        from tests.test_sadtalker import write_random_sadtalker_dir
+
+        checkpoints["sadtalker"] = write_random_sadtalker_dir(
+            Path(tempfile.mkdtemp(prefix="random_sadtalker_"))
+        )
     renderers = [build(b, args.device, args.batch, args.frame, checkpoints) for b in args.backends]
     rows = [measure(r, size, args.seconds, args.batch, photo) for r in renderers for size in args.sizes]
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"{os.cpu_count()} CPU cores"
@@ -206,7 +225,8 @@ def main() -> None:
     for r in rows:
         print(
             f"{r['backend']} {r['size']} px ({r['frame']}) batch {r['batch']}: render {r['render_fps']} fps, "
-            f"render+encode {r['render_encode_fps']} fps, prepare {r['prepare_s']} s"
+            f"render+encode {r['render_encode_fps']} fps ({r['render_s_per_frame']} s/frame), "
+            f"prepare {r['prepare_s']} s"
         )
     print(f"prepare (cold, first photo): {cold:.2f} s on {device}")
     RESULTS.mkdir(parents=True, exist_ok=True)
