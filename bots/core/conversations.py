@@ -185,7 +185,29 @@ class Conversations:
         await asyncio.to_thread(self.jobs.finish, job_id)
 
     async def _set_avatar(self, message: IncomingMessage, sink: ReplySink, lang: str) -> None:
-        """Check the face, store the photo, and greet the user in the new face."""
+        """Check the face, store the photo, and greet the user in the new face; a photo delivered
+        twice is recognised in the job ledger and answered once (its bytes are not kept there: were
+        the service to crash meanwhile, the user is asked to send it again)."""
+        job_id = await asyncio.to_thread(
+            self.jobs.accept,
+            message.platform,
+            message.chat,
+            message.message_id,
+            message.user,
+            message.conversation,
+        )
+        if job_id is None:
+            log.info(
+                "photo %s in %s was already accepted; not answering twice", message.message_id, message.chat
+            )
+            return
+        try:
+            await self._greet_in_new_face(message, sink, lang)
+        except Exception as e:
+            await self.tell_failure(sink, lang, e)
+        await asyncio.to_thread(self.jobs.finish, job_id)
+
+    async def _greet_in_new_face(self, message: IncomingMessage, sink: ReplySink, lang: str) -> None:
         assert message.photo is not None
         await asyncio.to_thread(self.check_photo, message.photo)
         await asyncio.to_thread(self.memory.set_avatar, message.user, message.photo)

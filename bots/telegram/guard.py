@@ -35,18 +35,20 @@ def guarded(handler: Handler) -> Handler:
                 and update.effective_chat
                 and update.effective_chat.type == ChatType.PRIVATE
             ):
-                await message.reply_text(t("not_allowed", self.language_of(user)))
+                await message.reply_text(t("not_allowed", self.language_of(user)), do_quote=True)
             return
         try:
             await handler(self, update, context)
         except TalkTwinError as e:
             log.info("user error %s for %s: %s", e.code, user.id, e)
             if message is not None:
-                await message.reply_text(e.user_message(self.language_of(user)))
+                await message.reply_text(e.user_message(self.language_of(user)), do_quote=True)
         except Exception:
             log.exception("handler %s failed", handler.__name__)
             if message is not None:
                 with contextlib.suppress(Exception):
-                    await message.reply_text(InternalFailure().user_message(self.language_of(user)))
+                    await message.reply_text(
+                        InternalFailure().user_message(self.language_of(user)), do_quote=True
+                    )
 
     return wrapper
