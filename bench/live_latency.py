@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -102,6 +103,20 @@ def first_open_mouth(times: list[float], frames: list[np.ndarray], after: float)
     return None
 
 
+def _onset(pcm: np.ndarray) -> float:
+    """Seconds of leading silence in 48 kHz int16 speech (first 10 ms louder than -34 dBFS)."""
+    window = 480
+    for i in range(0, len(pcm) - window, window):
+        if np.sqrt(np.mean((pcm[i : i + window] / 32768.0) ** 2)) > 0.02:
+            return i / 48000
+    return 0.0
+
+
+def _loud_after(client: LiveClient, t0: float) -> bool:
+    got = client.got
+    return any(t > t0 and r > LOUD for t, r in zip(got.audio_times, got.audio_rms, strict=True))
+
+
 def _first(client: LiveClient, kinds: tuple[str, ...], since: int) -> int | None:
     """Index (1-based, so always true) of the first event of `kinds` at or after `since`."""
     for i, (_, event) in enumerate(client.got.events[since:], since):
@@ -110,7 +125,12 @@ def _first(client: LiveClient, kinds: tuple[str, ...], since: int) -> int | None
     return None
 
 
-async def run_questions(url: str, questions: list[tuple[str, np.ndarray]], log: list[dict]) -> None:
+async def run_questions(
+    url: str,
+    questions: list[tuple[str, np.ndarray]],
+    interruptions: list[tuple[np.ndarray, np.ndarray]],
+    log: list[dict],
+) -> None:
     async def post(body: dict) -> tuple[int, dict]:
         async with httpx.AsyncClient(timeout=120) as http:
             r = await http.post(url, json=body)
@@ -160,11 +180,37 @@ async def run_questions(url: str, questions: list[tuple[str, np.ndarray]], log: 
                 )
             log.append(row)
             print(f"{n + 1}. {json.dumps(row, ensure_ascii=False)}", flush=True)
-        stats = {
-            "video_frames": len(client.got.video_times),
-            "errors": client.events("error"),
-        }
-        log.append({"client": stats})
+        for n, (story, stop) in enumerate(interruptions):
+            got = client.got
+            mark = len(client.got.events)
+            _, asked = client.mic.say(story)
+            began = await client.wait_for(lambda m=mark: _first(client, ("speaking", "error"), m), 180)
+            await client.wait_for(lambda a=asked: _loud_after(client, a), 60)
+            await asyncio.sleep(0.8)  # the twin is talking
+            start, _ = client.mic.say(stop)
+            start += _onset(stop)  # the voice's own leading silence is not the user speaking yet
+            await client.wait_for(lambda b=began: _first(client, ("idle",), b), 60)
+            await asyncio.sleep(1.5)
+            loud = [
+                t for t, r in zip(got.audio_times, got.audio_rms, strict=True) if t > start - 1 and r > LOUD
+            ]
+            before_answer = [t for t in loud if t < start + 2.0]  # the interrupted answer's last sound
+            silent_at = max(before_answer) + 0.02 if before_answer else None
+            told = next((t for t, e in client.got.events[mark:] if e.get("interrupted")), None)
+            row = {
+                "barge_in": n + 1,
+                "stop_s": round(silent_at - start, 3) if silent_at else None,
+                # the server's "interrupted" event at the client: detection (mic transport, VAD)
+                "told_s": round(told - start, 3) if told else None,
+                "interrupted": any(e.get("interrupted") for _, e in client.got.events[mark:]),
+            }
+            log.append(row)
+            print(json.dumps(row), flush=True)
+            # let the answer to the interruption finish
+            mark = len(client.got.events)
+            with contextlib.suppress(TimeoutError):
+                await client.wait_for(lambda m=mark: _first(client, ("idle",), m), 120)
+        log.append({"client": {"errors": client.events("error")}})
     finally:
         await client.close()
 
@@ -174,6 +220,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="questions per language")
     parser.add_argument("--langs", default="en,zh")
     parser.add_argument("--size", type=int, default=0, help="live frame size (default: [live] size)")
+    parser.add_argument("--barge-in", type=int, default=2, help="interruptions to time (English)")
     parser.add_argument("--out", default="", help="write the results as JSON here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -195,6 +242,16 @@ def main() -> None:
             for text in QUESTIONS[lang][: args.runs]:
                 speech = voice.synthesize(text, lang, VoiceSettings())
                 questions.append((text, to_mic(speech.audio.samples, speech.audio.sample_rate)))
+        story = voice.synthesize(
+            "Please tell me a long story about a brave little dragon.", "en", VoiceSettings()
+        )
+        stop = voice.synthesize("Wait, stop please.", "en", VoiceSettings())
+        interruptions = [
+            (
+                to_mic(story.audio.samples, story.audio.sample_rate),
+                to_mic(stop.audio.samples, stop.audio.sample_rate),
+            )
+        ] * args.barge_in
         t0 = time.perf_counter()
         components = Components.load(settings)
         load_s = time.perf_counter() - t0
@@ -205,7 +262,7 @@ def main() -> None:
             server = HttpServer(HttpOptions(port=port), components)
             await server.start()
             try:
-                await run_questions(f"http://127.0.0.1:{port}/v1/live", questions, results)
+                await run_questions(f"http://127.0.0.1:{port}/v1/live", questions, interruptions, results)
             finally:
                 await server.stop()
 
@@ -223,7 +280,8 @@ def main() -> None:
         "models": "own process" if settings.reply.models_process else "in the service's process",
         "load_s": round(load_s, 1),
     }
-    for key in ("audio_s", "mouth_s", "transport_s"):
+    rows += [r for r in results if "barge_in" in r]
+    for key in ("audio_s", "mouth_s", "transport_s", "stop_s", "told_s"):
         values = [r[key] for r in rows if r.get(key) is not None]
         summary[key] = {
             "p50": round(percentile(values, 0.5), 3),
@@ -231,8 +289,9 @@ def main() -> None:
             "n": len(values),
         }
     stages = sorted({k for r in rows for k in r.get("server", {})})
-    summary["server"] = {
-        s: round(percentile([r["server"].get(s, 0) for r in rows if r.get("server")], 0.5), 3) for s in stages
+    summary["server_p50"] = {
+        s: round(percentile([r["server"][s] for r in rows if s in r.get("server", {})], 0.5), 3)
+        for s in stages
     }
     print(json.dumps(summary, indent=2, ensure_ascii=False))
     if args.out:

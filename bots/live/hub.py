@@ -270,7 +270,10 @@ class LiveHub:
 
     async def _relay(self, session: LiveSession, events: asyncio.Queue[dict[str, Any]]) -> None:
         while True:
-            self._send(session, await events.get())
+            event = await events.get()
+            if event.get("interrupted") and session.pacer is not None:
+                session.pacer.flush()  # what the encoders have not taken yet goes too
+            self._send(session, event)
 
     def _send(self, session: LiveSession, event: dict[str, Any]) -> None:
         text = json.dumps(event, ensure_ascii=False)
@@ -287,7 +290,10 @@ class LiveHub:
             now = time.monotonic()
             if now - session.started > limits.max_session_s:
                 reason, seconds = "max_length", limits.max_session_s
-            elif now - session.conversation.last_heard > limits.idle_timeout_s:
+            elif (
+                now - session.conversation.last_heard > limits.idle_timeout_s
+                and not session.conversation.busy
+            ):
                 reason, seconds = "idle_timeout", limits.idle_timeout_s
             else:
                 continue

@@ -44,6 +44,11 @@ class QueueTrack(MediaStreamTrack):
     def end(self) -> None:
         self._queue.put_nowait(None)
 
+    def flush(self) -> None:
+        """Drop the frames not yet taken by the sender (the user interrupted: stop at once)."""
+        while not self._queue.empty():
+            self._queue.get_nowait()
+
     async def recv(self) -> Any:
         if self.readyState != "live":
             raise MediaStreamError
@@ -102,6 +107,11 @@ class Pacer:
                 started = loop.time() - self.sent * period
                 delay = 0
             await asyncio.sleep(max(0.0, delay))
+
+    def flush(self) -> None:
+        for track in (self.video, self.audio):
+            if track is not None:
+                track.flush()
 
     def stats(self) -> dict[str, int]:
         return {

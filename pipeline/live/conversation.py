@@ -144,14 +144,9 @@ class LiveConversation:
         self.options = options or LiveOptions.from_settings(pipeline.settings)
         self.on_event = on_event or (lambda event: None)
         self.lang = lang  # for error messages before the user's language is heard
-        context = pipeline.context
-        profile = getattr(context, "profile", None)
-        if voice is None and profile is not None:
-            voice = profile(user).voice
-        if avatar is None and hasattr(context, "avatar"):
-            avatar = context.avatar(user)
-        self.voice = voice or default_voice(pipeline.settings)
-        self._avatar_bytes = avatar
+        # None: the user's own (their profile), else the configured default
+        self.voice: VoiceSettings | None = voice
+        self._avatar_bytes = avatar  # None: the user's own photo, else the default avatar
         self.avatar: PreparedAvatar | None = None
         self.last_heard = time.monotonic()  # when the user last spoke (for an idle timeout)
         self._ids = itertools.count(1)
@@ -172,9 +167,15 @@ class LiveConversation:
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         """Prepare the avatar (raises NoFaceFound and friends), then start listening and drawing."""
-        renderer = self.pipeline.renderer
+        renderer, context = self.pipeline.renderer, self.pipeline.context
         if not renderer.capabilities.streaming:
             raise InternalFailure(f"the {renderer.name} renderer cannot draw live (frames only at the end)")
+        profile = getattr(context, "profile", None)  # a MemoryStore keeps profiles and avatars
+        if self.voice is None and profile is not None:
+            self.voice = profile(self.user).voice
+        self.voice = self.voice or default_voice(self.pipeline.settings)
+        if self._avatar_bytes is None and hasattr(context, "avatar"):
+            self._avatar_bytes = context.avatar(self.user)
         image = self._avatar_bytes or self.pipeline._default_avatar_bytes
         self.avatar = square_avatar(renderer.prepare(image, self.options.size))
         self._session = renderer.session(self.avatar, fps=self.options.fps)
@@ -212,6 +213,11 @@ class LiveConversation:
                 log.warning("live thread %s still busy after %.0f s", thread.name, timeout)
         if interrupted is not None:
             self._record(interrupted, cut=True)
+
+    @property
+    def busy(self) -> bool:
+        """An answer is being heard, written or spoken."""
+        return self._current is not None
 
     @property
     def threads(self) -> list[threading.Thread]:
