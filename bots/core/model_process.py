@@ -195,6 +195,9 @@ class ModelProcessExecutor:
             conn, process = self._conn, self._process
             self._conn = self._process = None
         if conn is not None:
+            # Closing our end does not wake a reader blocked on it, so the child never saw EOF: ask.
+            with contextlib.suppress(OSError):
+                self._send(conn, "stop")
             conn.close()
         if process is not None:
             process.join(30)

@@ -153,6 +153,8 @@ def _read(link: _Link, tokens: dict[str, CancelToken], handlers: dict[str, Any])
         except (EOFError, OSError):
             os._exit(0)  # the service closed the pipe or died: nothing left to answer
         kind, *args = message
+        if kind == "stop":  # the service is stopping, with no reply left in work
+            os._exit(0)
         if kind == "answer":
             link.answered(*args)
         elif kind == "cancel":
