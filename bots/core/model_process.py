@@ -24,7 +24,7 @@ from bots.core.reply_job import ReplyJob, ReplyOutcome
 from pipeline.cancel import CancelToken
 from pipeline.config import Settings
 from pipeline.context import KnowledgeSearch
-from pipeline.errors import WorkerCrashed, error_for_code
+from pipeline.errors import ConfigError, WorkerCrashed, error_for_code
 
 log = logging.getLogger(__name__)
 ATTEMPTS = 2  # a reply that kills the models' process twice is given up
@@ -70,17 +70,21 @@ class ModelProcessExecutor:
                 process.kill()
                 raise WorkerCrashed("the models' process did not start")
             try:
-                kind, info = ours.recv()
+                kind, *message = ours.recv()
             except EOFError:
                 process.join(5)
                 raise WorkerCrashed(
                     f"the models' process exited while loading ({process.exitcode})"
                 ) from None
+            if kind == "failed":  # a bad setting or model file: the same clear error as in-process
+                process.join(10)
+                what, detail = message
+                raise ConfigError(detail) if what == "config" else _error(detail)
             assert kind == "ready", kind
-            self.info, self._process, self._conn = info, process, ours
+            self.info, self._process, self._conn = message[0], process, ours
             self.starts += 1
             threading.Thread(target=self._read, args=(ours, process), daemon=True, name="models-pipe").start()
-            log.info("models' process %s ready (%s)", process.pid, info)
+            log.info("models' process %s ready (%s)", process.pid, self.info)
 
     def _read(self, conn: Connection, process: Any) -> None:
         while True:

@@ -26,7 +26,7 @@ from bots.core.execution import execute
 from bots.core.reply_job import ReplyJob
 from pipeline.cancel import CancelToken
 from pipeline.config import settings_from_dump
-from pipeline.errors import InternalFailure, TalkTwinError
+from pipeline.errors import ConfigError, InternalFailure, TalkTwinError
 
 log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
@@ -94,8 +94,15 @@ def serve(settings_dump: dict[str, Any], conn: Connection) -> None:
     reader = threading.Thread(target=_read, args=(link, tokens, handlers), daemon=True)
     reader.start()  # answers to knowledge searches arrive while the models load (a warm-up reply)
     knowledge = RemoteKnowledge(link) if settings.knowledge.enabled else None
-    pipeline = ReplyPipeline.from_settings(settings, knowledge=knowledge)
-    pipeline.warm_up()
+    try:
+        pipeline = ReplyPipeline.from_settings(settings, knowledge=knowledge)
+        pipeline.warm_up()
+    except ConfigError as e:  # said by the service as it would say it without this process
+        link.send("failed", "config", str(e))
+        os._exit(1)
+    except TalkTwinError as e:  # a model file missing or unusable
+        link.send("failed", "error", error_payload(e))
+        os._exit(1)
     gpu = renders_on_gpu(pipeline.renderer)
     workers = settings.reply.workers or (4 if gpu else 1)
     blobs = blob_store(settings)
