@@ -17,7 +17,7 @@ from pipeline.errors import FaceTooSmall, NoFaceFound, UnreadableImage
 from pipeline.render import topology as T
 from pipeline.render.emphasis import emphasis_controls
 from pipeline.render.factory import avatar_cache_dir, build_renderer
-from pipeline.render.landmarks import FaceTurnedAway, decode_image
+from pipeline.render.landmarks import FaceTurnedAway, decode_image, shared_detector
 from pipeline.render.motion import blink_curve, head_sway
 from pipeline.render.variants import frame_size, square_avatar
 from pipeline.render.visemes import LEAD_S, REST, VISEMES, mouth_controls, phoneme_targets, visemes_of
@@ -27,12 +27,17 @@ from pipeline.render.warp import (
     JAW_COL,
     N_CONTROLS,
     NOD_COL,
+    ROT_COL,
+    SHIFT_X_COL,
+    SHIFT_Y_COL,
+    WIDE_COL,
     WarpAvatar,
     WarpRenderer,
+    basis_weights,
     render_frames,
 )
 from pipeline.types import Audio, PhonemeTiming, Speech
-from tests.helpers import eye_openness
+from tests.helpers import eye_openness, mouth_openness
 
 AVATAR = Path(__file__).resolve().parent.parent / "assets" / "avatar.jpg"
 HOPPER = AVATAR.parent / "grace_hopper.jpg"  # 512 x 600: a portrait-format picture
@@ -469,3 +474,174 @@ def test_the_face_detector_starts_without_native_log_noise_and_stderr_still_work
     )
     assert done.returncode == 0 and done.stdout.strip() == "478"
     assert done.stderr.strip() == "still here"  # mediapipe's C++ set-up warnings stay out of the logs
+
+
+# ---------------------------------------------------------------- hard photos (tests/data/hard_photos)
+HARD = Path(__file__).resolve().parent / "data" / "hard_photos"
+HARD_SET = ("small", "tilted", "grayscale", "smiling", "group", "combo")
+
+
+def _hard(name: str) -> bytes:
+    return (HARD / f"{name}.jpg").read_bytes()
+
+
+def _pose(**cols: float) -> torch.Tensor:
+    names = {
+        "jaw": JAW_COL,
+        "wide": WIDE_COL,
+        "nod": NOD_COL,
+        "rot": ROT_COL,
+        "dx": SHIFT_X_COL,
+        "dy": SHIFT_Y_COL,
+    }
+    controls = torch.zeros(1, N_CONTROLS)
+    for name, value in cols.items():
+        controls[0, names[name]] = value
+    return controls
+
+
+def test_hard_photos_are_small_derived_files():
+    for name in HARD_SET:
+        path = HARD / f"{name}.jpg"
+        assert path.stat().st_size <= 200_000, path
+
+
+@pytest.mark.parametrize("name", ["small", "combo"])
+def test_no_smear_at_the_crop_edge_when_the_head_moves(renderer: WarpRenderer, name: str):
+    """A tightly cut photo puts the head against the crop's edge: nods and sway must not sample past it
+    (which repeated the edge row into a stretched strip of pixels)."""
+    avatar = renderer.prepare(_hard(name), SIZE)
+    sway = math.radians(1.8)
+    poses = [_pose(nod=1.0, rot=s * sway, dx=s * 0.012, dy=0.008) for s in (-1, 1)] + [
+        _pose(nod=1.0, dy=-0.008)
+    ]
+    frames = render_frames(avatar.rig, torch.cat(poses)).astype(np.float32)
+    still = avatar.rig.still.astype(np.float32)
+    band = round(0.06 * SIZE)
+    for frame in frames:
+        for edge, rest in ((frame[:band], still[:band]), (frame[:, :band], still[:, :band])):
+            if edge.shape[0] != band:  # the left edge: rows become columns
+                edge, rest = edge.transpose(1, 0, 2), rest.transpose(1, 0, 2)
+            step = np.abs(np.diff(edge, axis=0)).mean((1, 2))  # row to row change, from the edge inwards
+            photo_step = np.abs(np.diff(rest, axis=0)).mean((1, 2))
+            assert not ((step < 0.35 * photo_step) & (photo_step > 1)).any()  # no copied rows
+            assert np.abs(edge - rest).mean() < 10
+    rows, cols = _box(avatar.rig.points, T.LIP_UPPER_OUTER + T.LIP_LOWER_OUTER, pad=2)
+    assert np.abs(frames[0][rows, cols] - still[rows, cols]).mean() > 3  # while the head does move
+
+
+@pytest.mark.parametrize("name", ["grayscale", "combo"])
+def test_black_and_white_photo_closes_the_mouth_and_paints_it_grey(renderer: WarpRenderer, name: str):
+    avatar = renderer.prepare(_hard(name), SIZE)
+    mouth = avatar.rig.mouth
+    # Colour cannot tell the teeth from the lips here; brightness does: the smile's teeth are found,
+    # closed away for the rest pose and kept for the open mouth.
+    assert avatar.rig.prewarped and mouth.teeth is not None and mouth.chroma == 0
+    frames = render_frames(
+        avatar.rig, torch.cat([_pose(), _pose(jaw=1.0, wide=0.2), _pose(jaw=0.6, wide=-0.7)])
+    )
+    assert (frames.max(-1).astype(int) - frames.min(-1)).max() <= 3  # no red mouth in a grey photo
+    openness = mouth_openness(frames)
+    assert openness[0] < 0.03 < 0.08 < openness[1:].min()  # closed at rest, open when speaking
+
+
+def test_open_mouth_reads_as_a_mouth_on_thin_lips(renderer: WarpRenderer):
+    """Thin lips, no teeth in the photo: the lips part (a rim of lip colour on both sides of the
+    opening), synthetic teeth hang from the upper lip, and the cavity below them is dark."""
+    avatar = renderer.prepare(HOPPER.read_bytes(), SIZE)
+    rig, mouth = avatar.rig, avatar.rig.mouth
+    assert mouth.teeth is None
+    controls = _pose(jaw=1.0, wide=0.16)
+    open_ = render_frames(rig, controls)[0].astype(np.float32)
+    weights = basis_weights(controls)
+    upper = (mouth.upper + torch.einsum("bk,knc->bnc", weights, mouth.upper_moves))[0].numpy()
+    lower = (mouth.lower + torch.einsum("bk,knc->bnc", weights, mouth.lower_moves))[0].numpy()
+    x = round(float(upper[5, 0]))  # the middle of the mouth
+    top, bottom = float(upper[5, 1]), float(lower[5, 1])
+    column = open_[round(top) - 4 : round(bottom) + 4, x - 1 : x + 2].mean(1)  # (rows, 3)
+    luma = column.mean(-1)
+    assert luma[4 : 4 + round(0.3 * (bottom - top))].max() > 150  # teeth at the top of the opening
+    assert luma[round(0.55 * (bottom - top)) + 4 : -6].min() < 60  # a dark cavity under them
+    redness = lambda px: (px[..., 0] - px[..., 1]) / px.sum(-1)  # noqa: E731
+    lip_red = float(redness(mouth.lip.numpy() * 255))
+    above = open_[round(top) - 3 : round(top), x - 3 : x + 4]
+    below = open_[round(bottom) : round(bottom) + 3, x - 3 : x + 4]
+    for rim in (above, below):  # the lips' inner sides, in lip colour, frame the opening
+        assert redness(rim).mean(1).max() > 0.85 * lip_red
+
+
+@pytest.mark.parametrize("photo_name", ["avatar", "grace_hopper", "smiling"])
+def test_round_vowels_are_rounder(renderer: WarpRenderer, photo_name: str):
+    """'o' against 'a' at the same jaw control, as a face tracker sees them: a narrower mouth whose lips
+    outline a taller shape (not a smaller smile); pursed lips ('u', 'w') narrow the closed mouth."""
+    photo = (
+        _hard(photo_name) if photo_name == "smiling" else (AVATAR.parent / f"{photo_name}.jpg").read_bytes()
+    )
+    avatar = renderer.prepare(photo, SIZE)
+    controls = torch.cat([_pose(), _pose(jaw=0.6, wide=0.2), _pose(jaw=0.6, wide=-0.64), _pose(wide=-0.8)])
+    rest, a, o, pursed = _redetected_lips(render_frames(avatar.rig, controls))
+    assert o["width"] < 0.92 * a["width"] and pursed["width"] < 0.92 * rest["width"]
+    assert o["outline"] > 1.15 * a["outline"]
+
+
+def _redetected_lips(frames: np.ndarray) -> list[dict[str, float]]:
+    """Per frame, as FaceMesh finds it: the mouth's width over the eyes' span, and the outer lips'
+    height over the mouth's width."""
+    from tests.helpers import _ratio, _redetected
+
+    return [
+        {"width": _ratio(lm, 61, 291, 33, 263), "outline": _ratio(lm, 0, 17, 61, 291)}
+        for lm in _redetected(frames, video=False)
+    ]
+
+
+def test_group_photo_uses_the_largest_face_whatever_the_detection_order(
+    renderer: WarpRenderer, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+):
+    photo = _hard("group")
+    rgb = decode_image(photo)
+    detector = shared_detector()
+    with caplog.at_level(logging.WARNING, logger="pipeline.render.landmarks"):
+        chosen = detector.detect(rgb)
+    assert "using the largest" in caplog.text and "centred at" in caplog.text
+    # Grace Hopper's face (the widest, ~150 px) in the middle, not one of the avatars at the sides.
+    x = chosen.points[list(T.FACE_OVAL)].mean(0)[0]
+    assert 350 < x < 530 and chosen.width > 130
+    found = detector._faces(rgb)
+    assert len(found) >= 2
+    monkeypatch.setattr(detector, "_faces", lambda _rgb: list(reversed(found)))
+    assert np.array_equal(detector.detect(rgb).points, chosen.points)
+    avatar = renderer.prepare(photo, SIZE)  # and the rig is built on that face
+    assert avatar.rig.points[list(T.FACE_OVAL)][:, 0].ptp() > 0.3 * SIZE
+
+
+@pytest.fixture(scope="module")
+def piper_speech() -> Speech:
+    """One short English sentence from the real Piper voice, and a pause."""
+    from pipeline.config import PROJECT_ROOT
+    from pipeline.tts.piper import PiperSynthesizer
+    from pipeline.types import VoiceSettings
+
+    piper = PiperSynthesizer(PROJECT_ROOT / "checkpoints" / "piper" / "en_US-joe-medium.onnx")
+    spoken = piper.synthesize("Maybe we should meet at noon, or a bit later today.", "en", VoiceSettings())
+    pause = np.zeros(round(0.5 * spoken.audio.sample_rate), np.float32)
+    audio = Audio(np.concatenate([spoken.audio.samples, pause]), spoken.audio.sample_rate)
+    return Speech(spoken.text, "en", audio, spoken.words, spoken.phonemes, spoken.engine)
+
+
+@pytest.mark.real_models
+@pytest.mark.parametrize("name", HARD_SET)
+def test_hard_photos_lip_sync(renderer: WarpRenderer, piper_speech: Speech, name: str, tmp_path: Path):
+    """Lip-sync on each hard photo, measured as bench/lip_sync.py does: the clip is encoded and
+    decoded, FaceMesh re-detects the lips on every frame, Pearson r against the loudness."""
+    from pipeline.media.video_output import VideoWriter
+    from tests.helpers import lip_sync, probe_mp4
+
+    avatar = renderer.prepare(_hard(name), SIZE)
+    n = round(piper_speech.duration * FPS)
+    writer = VideoWriter(tmp_path / "clip.mp4", SIZE, FPS)
+    for frames in renderer.render(avatar, piper_speech, fps=FPS, start_time=0.0, n_frames=n):
+        writer.write(frames)
+    sync = lip_sync(probe_mp4(writer.finish(piper_speech.audio)))
+    assert sync.correlation >= 0.6, f"{name}: r = {sync.correlation:.3f}"
+    assert sync.rest_open < 0.5 * sync.peak_open

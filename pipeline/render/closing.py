@@ -4,9 +4,12 @@ FaceMesh is unreliable inside an open mouth: in smiling photos it puts the inner
 teeth, so a warp driven by its inner-lip points leaves a light line of teeth between "closed" lips
 (which FaceMesh itself then reads as an open mouth). Here every column between the mouth corners is
 scanned for the run of non-lip pixels (teeth: pale; cavity: dark) between the outer lip contours,
-which gives the real inner-lip edges. The lips are then brought together by a per-column vertical
-remap with a discontinuity exactly at the seam, so no tooth pixel can be sampled into the rest pose;
-a smooth spline cannot do that. The teeth seen in the photo are kept as a texture for the open mouth.
+which gives the real inner-lip edges. In a photo whose lips are no redder than its skin (black and
+white, or faded) colour cannot tell teeth from lips; there teeth are the pixels clearly brighter than
+both, and only where FaceMesh sees the mouth open (pale lips would otherwise read as teeth). The lips
+are then brought together by a per-column vertical remap with a discontinuity exactly at the seam, so
+no tooth pixel can be sampled into the rest pose; a smooth spline cannot do that. The teeth seen in
+the photo are kept as a texture for the open mouth.
 """
 
 from __future__ import annotations
@@ -25,9 +28,14 @@ TEETH_LUMA = 1.08  # teeth are brighter than the lips by at least this factor
 # Teeth are near white (saturation ~0.16 in a warm portrait), skin is not (~0.45): a pale but
 # skin-coloured pixel between the lips is lip, not an opening (thin pale lips read as "open" without it).
 TEETH_MAX_SATURATION = 0.32
+COLOUR_MARGIN = 0.02  # lips this much redder than the cheek skin: colour tells them from teeth
+SKIN_LUMA = 0.95  # without colour, teeth are brighter than this x the cheek skin's luma ...
+OPEN_FROM = 0.05  # ... and only looked for when FaceMesh's inner lips are this far apart / mouth width
+GROW = 0.03  # the bright run grows down its soft edges by at most this x the mouth width
 MIN_GAP = 1.5  # px: a thinner opening is just the lips' seam and is left alone
 UPPER_SHARE = 0.4  # the upper lip comes down this share of the gap, the lower lip (jaw) the rest
 SEAM_DARKEN = 0.78  # brightness of the line where the closed lips meet, at the mouth centre
+SEAM_WIDTH = 0.012  # its half-width / mouth width (at least 0.7 px)
 TEETH_TEX = (24, 96)  # rows, columns of the stored teeth texture
 
 
@@ -53,15 +61,27 @@ def _contour_y(points: np.ndarray, idx: tuple[int, ...], xs: np.ndarray) -> np.n
 
 def _lip_colour(rgb: np.ndarray, points: np.ndarray) -> tuple[float, float]:
     """(redness, luma) of the lips, sampled inside the upper and lower lip bodies."""
+    px = _lip_pixels(rgb, points)
+    red, luma = _redness(px), px.mean(-1)
+    return float(np.median(red)), float(np.median(luma))
+
+
+def lip_colour(rgb: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Median RGB (3,) in [0, 1] of the lips (the same samples as _lip_colour)."""
+    return np.median(_lip_pixels(rgb, points), 0)
+
+
+def _lip_pixels(rgb: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """(N, 3) pixels in [0, 1] sampled inside the upper and lower lip bodies."""
     samples = []
     for outer, inner, t in ((0, 13, 0.35), (37, 82, 0.35), (267, 312, 0.35), (17, 14, 0.45), (84, 87, 0.45)):
         for s in (t - 0.1, t, t + 0.1):
             x, y = np.round(points[outer] + s * (points[inner] - points[outer])).astype(int)
             if 0 <= y < rgb.shape[0] and 0 <= x < rgb.shape[1]:
                 samples.append(rgb[y, x])
-    px = np.array(samples, dtype=np.float64) / 255
-    red, luma = _redness(px), px.mean(-1)
-    return float(np.median(red)), float(np.median(luma))
+    if not samples:
+        return np.array([[0.6, 0.35, 0.35]])
+    return np.array(samples, dtype=np.float64) / 255
 
 
 def _redness(px: np.ndarray) -> np.ndarray:
@@ -71,6 +91,14 @@ def _redness(px: np.ndarray) -> np.ndarray:
 def _saturation(px: np.ndarray) -> np.ndarray:
     top = px.max(-1)
     return (top - px.min(-1)) / np.maximum(top, 1e-6)
+
+
+def skin_colour(rgb: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Median RGB (3,) in [0, 1] of a patch of plain cheek skin."""
+    x, y = np.round(points[T.CHEEK_SKIN]).astype(int)
+    r = max(2, rgb.shape[0] // 100)
+    patch = rgb[max(0, y - r) : y + r + 1, max(0, x - r) : x + r + 1].reshape(-1, 3)
+    return np.median(patch, 0) / 255 if patch.size else np.array([0.8, 0.6, 0.5])
 
 
 def find_opening(rgb: np.ndarray, points: np.ndarray) -> Opening:
@@ -85,6 +113,13 @@ def find_opening(rgb: np.ndarray, points: np.ndarray) -> Opening:
         + _contour_y(points, T.MOUTH_CORNERS_INNER + T.LIP_LOWER_INNER, xs)
     ) / 2
     lip_red, lip_luma = _lip_colour(rgb, points)
+    skin = skin_colour(rgb, points)
+    by_colour = lip_red > float(_redness(skin)) + COLOUR_MARGIN
+    width = float(np.linalg.norm(points[61] - points[291]))
+    seen_open = (
+        float(points[T.LIP_BOTTOM_CENTRE_INNER, 1] - points[T.LIP_TOP_CENTRE_INNER, 1]) > OPEN_FROM * width
+    )
+    bright = max(TEETH_LUMA * lip_luma, SKIN_LUMA * float(skin.mean()))
     upper = np.round(inner_mid).astype(np.float64)
     lower = upper + 1
     teeth = total = 0
@@ -95,7 +130,10 @@ def find_opening(rgb: np.ndarray, points: np.ndarray) -> Opening:
             continue
         px = rgb[y0:y1, x].astype(np.float64) / 255
         luma = px.mean(-1)
-        pale = (_redness(px) < NON_LIP_REDNESS * lip_red) & (_saturation(px) < TEETH_MAX_SATURATION)
+        if by_colour:
+            pale = (_redness(px) < NON_LIP_REDNESS * lip_red) & (_saturation(px) < TEETH_MAX_SATURATION)
+        else:
+            pale = (luma > bright) & seen_open
         non_lip = pale | (luma < NON_LIP_LUMA * lip_luma)
         # close one-pixel holes (a dark line between teeth rows, a highlight on the lower teeth)
         filled = non_lip.copy()
@@ -104,6 +142,16 @@ def find_opening(rgb: np.ndarray, points: np.ndarray) -> Opening:
         if run is None:
             continue
         r0, r1 = run
+        if not by_colour and pale[r0 : r1 + 1].any():
+            # Without colour the teeth's edges fade into the lips (soft, or a small photo scaled
+            # up): grow the bright run down its slopes to halfway between the teeth and the lips.
+            low = (float(luma[r0 : r1 + 1].max()) + float(luma.min())) / 2
+            reach = max(2, round(GROW * width))
+            for _ in range(reach):
+                if r0 > 0 and luma[r0 - 1] > low:
+                    r0 -= 1
+                if r1 < len(luma) - 1 and luma[r1 + 1] > low:
+                    r1 += 1
         upper[k], lower[k] = y0 + r0 - 1, y0 + r1 + 2  # one more row: soft edges
         teeth += int((luma[r0 : r1 + 1] > TEETH_LUMA * lip_luma).sum())
         total += r1 - r0 + 1
@@ -177,7 +225,7 @@ def close_mouth(
     grid_x = np.broadcast_to(np.arange(size, dtype=np.float64)[None], (size, size))
     grid = torch.from_numpy(np.stack([grid_x, grid_y], -1)).float()[None] * (2.0 / (size - 1)) - 1
     closed = F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=True)
-    closed = _darken_seam(closed, xs, seam)
+    closed = _darken_seam(closed, xs, seam, float(np.linalg.norm(points[61] - points[291])))
 
     moved = points.copy()
     for idx in (T.LIP_UPPER_OUTER, T.LIP_LOWER_OUTER, T.LIP_UPPER_INNER, T.LIP_LOWER_INNER, T.CHIN):
@@ -211,14 +259,14 @@ def _forward_y(
     return y
 
 
-def _darken_seam(image: torch.Tensor, xs: np.ndarray, seam: np.ndarray) -> torch.Tensor:
+def _darken_seam(image: torch.Tensor, xs: np.ndarray, seam: np.ndarray, mouth_width: float) -> torch.Tensor:
     """A soft shadow line where the lips meet (a closed mouth has one), fading towards the corners."""
     size = image.shape[-1]
     ys = torch.arange(size, dtype=torch.float32)[:, None]
     across = np.linspace(-1, 1, len(xs)) if len(xs) > 1 else np.zeros(len(xs))
     depth = torch.from_numpy((1 - SEAM_DARKEN) * (1 - across**2) ** 0.5).float()
     line = torch.from_numpy(seam).float()[None]
-    width = max(0.7, size / 512)
+    width = max(0.7, size / 512, SEAM_WIDTH * mouth_width)  # a face scaled up gets a wider line
     shade = 1 - depth[None] * torch.exp(-(((ys - line) / width) ** 2))
     inside = (xs >= 0) & (xs < size)
     out = image.clone()

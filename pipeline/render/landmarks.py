@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 MAX_IMAGE_SIDE = 2048  # larger photos are downscaled first: more pixels add nothing at 640 px output
 MIN_FACE_PX = 64  # faces narrower than this (in the working image) give a blurry, unusable avatar
-MAX_FACES = 4  # we look for several faces so that we can keep the largest one
+MAX_FACES = 6  # we look for several faces so that we can keep the largest one (group photos)
 TILE = 384  # tiled search for small faces: tile side ...
 TILE_STRIDE = 256  # ... and step (the overlap keeps any face up to 128 px whole in some tile)
 SIDEWAYS_DEG = 45.0  # an eye line tilted more than this: the photo is on its side (or upside down)
@@ -165,9 +165,19 @@ class FaceMeshDetector:
             faces = self._faces_in_tiles(rgb)
         if not faces:
             raise NoFaceFound("no face in the image")
-        faces.sort(key=lambda f: f.width, reverse=True)
+        # The widest face; equal widths (to a pixel) go to the leftmost, then the topmost: the choice
+        # never depends on the order the detector lists them in.
+        faces.sort(key=lambda f: (-round(f.width), *np.round(f.points[list(FACE_OVAL)].mean(0))))
         if len(faces) > 1:
-            log.warning("found %d faces, using the largest (%.0f px wide)", len(faces), faces[0].width)
+            x, y = faces[0].points[list(FACE_OVAL)].mean(0)
+            log.warning(
+                "found %d faces, using the largest (%.0f px wide, centred at x=%.0f y=%.0f; next %.0f px)",
+                len(faces),
+                faces[0].width,
+                x,
+                y,
+                faces[1].width,
+            )
         face = faces[0]
         turns = quarter_turns(face.points)
         if turns:

@@ -20,9 +20,10 @@ class PaintWindow:
 
 
 def paint_window(
-    frames: torch.Tensor, origin: tuple[int, int], upper: torch.Tensor, lower: torch.Tensor
+    frames: torch.Tensor, origin: tuple[int, int], upper: torch.Tensor, lower: torch.Tensor, margin: int = 0
 ) -> PaintWindow | None:
-    """The bounding window of `upper` and `lower` (B, N, 2) inside `frames` (B, 3, h, w), with a margin.
+    """The bounding window of `upper` and `lower` (B, N, 2) inside `frames` (B, 3, h, w), with a margin
+    of 2-3 px plus `margin` rows above and below.
 
     `origin` is the frame position (y, x) of frames[..., 0, 0]. None when the window is empty.
     """
@@ -31,6 +32,8 @@ def paint_window(
     both = torch.cat([upper, lower], 1)
     lo_xy = both.amin((0, 1)).floor() - 2
     hi_xy = both.amax((0, 1)).ceil() + 3
+    lo_xy[1] -= margin
+    hi_xy[1] += margin
     x0, y0 = max(0, int(lo_xy[0]) - ox), max(0, int(lo_xy[1]) - oy)
     x1, y1 = min(w, int(hi_xy[0]) - ox), min(h, int(hi_xy[1]) - oy)
     if x1 <= x0 or y1 <= y0:

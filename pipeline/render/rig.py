@@ -2,6 +2,9 @@
 
 Everything here runs once per (photo, size) in `prepare`; rendering a frame is then just a weighted
 sum of the basis fields plus a head-motion term, one grid_sample and the mouth interior.
+
+The head motion fades out towards every edge of the crop: where a small or tightly cut photo puts the
+head against the crop's edge, a moving head would otherwise sample beyond it and smear the edge row.
 """
 
 from __future__ import annotations
@@ -13,24 +16,34 @@ import torch
 from PIL import Image
 
 from pipeline.render import topology as T
-from pipeline.render.closing import MIN_GAP, close_mouth, find_opening, teeth_texture
+from pipeline.render.closing import MIN_GAP, close_mouth, find_opening, lip_colour, skin_colour, teeth_texture
 from pipeline.render.tps import tps_backward_field
 
 CROP_SCALE = 2.3  # crop side / face size: the head plus some hair, neck and background
 CROP_DROP = 0.1  # move the crop centre down by this fraction of the face height (more neck, less sky)
 JAW_TRAVEL = 0.3  # full jaw opening (inner-lip gap at weight 1) / mouth width
-WIDE_STRETCH = 0.16  # half-width gained at weight +1 (lost at -1, i.e. rounded lips) / half-width
-WIDE_FLATTEN = 0.25  # vertical lip flattening at weight +1 (rounding at -1)
+WIDE_STRETCH = 0.16  # half-width gained at weight +1 / half-width
+WIDE_FLATTEN = 0.25  # vertical lip flattening at weight +1
+# Rounded lips (o, u, w, sh) at weight 1: the corners come in, the smile's upturn flattens out (a
+# rounded mouth does not smile) and the lips push forward, which shows more of them.
+ROUND_PULL = 0.4  # half-width lost / half-width
+ROUND_FLATTEN = 0.6  # share of the seam's curve (corners above the centre in a smile) taken out
+ROUND_POUT = 0.15  # lips thicken by this share, away from the line where they meet
+ROUND_SKIN = 0.5  # the skin around the lips comes in this share of the lips' pull
 BLINK_MEET = 0.8  # closed lids meet this far down from the upper lid towards the lower one
 BROW_LIFT = 0.035  # brow rise at weight 1 / face height: a visible raise that does not reach the hairline
 BROW_SKIN_SHARE = 0.45  # the skin just above the brows rises this share of the brow lift
 # Motion falls off outside the face oval: full within MASK_INNER x the oval radii, none beyond MASK_OUTER.
 MASK_INNER = 1.3
 MASK_OUTER = 1.9
-
-# Basis field order; the controls' first columns follow it.
-JAW, WIDE, BLINK, BROW = 0, 1, 2, 3
-N_BASIS = 4
+EDGE_RAMP = 0.12  # head motion fades in over this share of the crop side from each crop edge
+# Skin of a typical portrait, which the painted colours (mouth interior) were chosen against.
+REFERENCE_SKIN = (0.94, 0.82, 0.75)
+FULL_CHROMA = 0.2  # cheek saturation at and above which painted colours keep their full colour
+# Basis field order; the controls' first four columns follow it (the signed lip-shape control drives
+# WIDE when positive and ROUND when negative).
+JAW, WIDE, BLINK, BROW, ROUND = 0, 1, 2, 3, 4
+N_BASIS = 5
 
 Moves = dict[int, tuple[float, float]]  # landmark index -> forward displacement (dx, dy) in px
 
@@ -43,8 +56,13 @@ class MouthRig:
     lower: torch.Tensor  # (11, 2) inner lower lip, corner to corner, rest pose
     upper_moves: torch.Tensor  # (N_BASIS, 11, 2) forward displacement of `upper` per unit weight
     lower_moves: torch.Tensor  # (N_BASIS, 11, 2)
+    upper_follow: torch.Tensor  # (11,) how much each point follows the head motion (the head mask)
+    lower_follow: torch.Tensor  # (11,)
     width: float  # mouth width (corner to corner) in px
     brightness: float  # scene brightness relative to a typical portrait, from the cheek skin
+    tint: torch.Tensor  # (3,) per-channel colour cast of the photo against a typical portrait (mean 1)
+    chroma: float  # 0 (black and white photo) .. 1 (full colour): how much colour painted parts get
+    lip: torch.Tensor  # (3,) the photo's lip colour, RGB in [0, 1]
     teeth: torch.Tensor | None  # (4, rows, cols) RGBA: the photo's own teeth, when it shows them
     teeth_height: torch.Tensor | None  # (cols,) their visible height in the photo, px
 
@@ -57,6 +75,8 @@ class EyeRig:
     lower: torch.Tensor  # (9, 2)
     upper_moves: torch.Tensor  # (N_BASIS, 9, 2) forward displacement per unit weight
     lower_moves: torch.Tensor  # (N_BASIS, 9, 2)
+    upper_follow: torch.Tensor  # (9,) how much each point follows the head motion
+    lower_follow: torch.Tensor  # (9,)
 
 
 @dataclass(frozen=True)
@@ -109,6 +129,15 @@ def _falloff(radius: torch.Tensor) -> torch.Tensor:
     """1 inside MASK_INNER, a smoothstep down to exactly 0 at MASK_OUTER."""
     t = ((MASK_OUTER - radius) / (MASK_OUTER - MASK_INNER)).clamp(0, 1)
     return t * t * (3 - 2 * t)
+
+
+def _edge_ramp(size: int) -> torch.Tensor:
+    """(S, S): 0 on the crop's edge, a smoothstep up to 1 at EDGE_RAMP x the side inside it."""
+    axis = torch.arange(size, dtype=torch.float32)
+    to_edge = torch.minimum(axis, size - 1 - axis)
+    t = (to_edge / max(1.0, EDGE_RAMP * size)).clamp(0, 1)
+    ramp = t * t * (3 - 2 * t)
+    return torch.minimum(ramp[:, None], ramp[None, :])
 
 
 def _anchors(points: np.ndarray, size: int, fixed: tuple[tuple[int, ...], ...] | None = None) -> np.ndarray:
@@ -182,7 +211,20 @@ def _basis_moves(points: np.ndarray) -> list[Moves]:
     brow: Moves = {i: (0.0, -lift) for i in T.BROW_LINES}
     brow.update({i: (0.0, -BROW_SKIN_SHARE * lift) for i in T.BROW_SKIN})
     brow.update({i: (0.0, 0.0) for pair in T.EYE_LIDS for i in pair})
-    return [jaw, wide, blink, brow]
+    # Rounding: about the same seam, relative to where the seam crosses the mouth's centre line.
+    centre_meet = float(np.interp(centre[0], seam[order, 0], seam[order, 1]))
+    round_: Moves = {}
+    for i in lips:
+        across = (points[i, 0] - centre[0]) / (width / 2)
+        meet = float(np.interp(points[i, 0], seam[order, 0], seam[order, 1]))
+        dy = ROUND_FLATTEN * (centre_meet - meet) + ROUND_POUT * (points[i, 1] - meet)
+        round_[i] = (-ROUND_PULL * width / 2 * across, dy)
+    for i in T.PERIORAL:
+        across = float(np.clip((points[i, 0] - centre[0]) / (width / 2), -1.2, 1.2))
+        meet = float(np.interp(points[i, 0], seam[order, 0], seam[order, 1]))
+        dy = ROUND_FLATTEN * (centre_meet - meet)
+        round_[i] = (-ROUND_SKIN * ROUND_PULL * width / 2 * across, ROUND_SKIN * dy)
+    return [jaw, wide, blink, brow, round_]
 
 
 def _brightness(rgb: np.ndarray, points: np.ndarray) -> float:
@@ -192,6 +234,25 @@ def _brightness(rgb: np.ndarray, points: np.ndarray) -> float:
     patch = rgb[max(0, y - r) : y + r + 1, max(0, x - r) : x + r + 1].astype(np.float32) / 255
     level = float(patch.mean()) if patch.size else 0.6
     return float(np.clip(level / 0.6, 0.6, 1.3))
+
+
+def palette(rgb: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, float]:
+    """(tint (3,), chroma) of the photo, from its cheek skin: painted colours take on the photo's
+    colour cast (warm, cool) and lose their colour in a black and white photo."""
+    skin = skin_colour(rgb, points)
+    top = float(skin.max())
+    chroma = float(np.clip((top - float(skin.min())) / max(top, 1e-6) / FULL_CHROMA, 0, 1))
+    ref = np.array(REFERENCE_SKIN)
+    cast = (skin / max(float(skin.mean()), 1e-6)) / (ref / ref.mean())
+    tint = 1 + chroma * (np.sqrt(np.clip(cast, 0.25, 4)) - 1)
+    return tint / tint.mean(), chroma
+
+
+def _follow(mask: torch.Tensor, points: np.ndarray) -> torch.Tensor:
+    """The mask's value at each point (nearest pixel, clamped to the frame)."""
+    size = mask.shape[0]
+    idx = np.clip(np.round(points), 0, size - 1).astype(int)
+    return mask[idx[:, 1], idx[:, 0]].clone()
 
 
 def _region(mask: torch.Tensor, margin: int = 2) -> tuple[int, int, int, int]:
@@ -221,7 +282,7 @@ def rig_from_crop(crop: np.ndarray, pts: np.ndarray, device: torch.device) -> Ri
     axis = torch.arange(size, dtype=torch.float32)
     ys, xs = torch.meshgrid(axis, axis, indexing="ij")
     pixels = torch.stack([xs, ys], -1)  # (S, S, 2)
-    mask = _falloff(_ellipse_radius(pixels, pts))
+    mask = _falloff(_ellipse_radius(pixels, pts)) * _edge_ramp(size)
     image = torch.from_numpy(crop).permute(2, 0, 1).float().div(255)[None]
 
     width = float(np.linalg.norm(pts[61] - pts[291]))
@@ -243,14 +304,24 @@ def rig_from_crop(crop: np.ndarray, pts: np.ndarray, device: torch.device) -> Ri
         d = [[m.get(i, (0.0, 0.0)) for i in idx] for m in moves]
         return torch.tensor(np.array(d), dtype=torch.float32, device=device)
 
+    def follow(idx: tuple[int, ...]) -> torch.Tensor:
+        return _follow(mask, pts[list(idx)]).to(device)
+
+    tint, chroma = palette(crop, pts)
+
     lower_idx = T.MOUTH_CORNERS_INNER[:1] + T.LIP_LOWER_INNER + T.MOUTH_CORNERS_INNER[1:]
     mouth = MouthRig(
         upper=torch.tensor(pts[list(T.LIP_UPPER_INNER)], dtype=torch.float32, device=device),
         lower=torch.tensor(pts[list(lower_idx)], dtype=torch.float32, device=device),
         upper_moves=forward(T.LIP_UPPER_INNER),
         lower_moves=forward(lower_idx),
+        upper_follow=follow(T.LIP_UPPER_INNER),
+        lower_follow=follow(lower_idx),
         width=width,
         brightness=_brightness(crop, pts),
+        tint=torch.tensor(tint, dtype=torch.float32, device=device),
+        chroma=chroma,
+        lip=torch.tensor(lip_colour(crop, pts), dtype=torch.float32, device=device),
         teeth=None if teeth is None else teeth[0].to(device),
         teeth_height=None if teeth is None else teeth[1].to(device),
     )
@@ -266,6 +337,8 @@ def rig_from_crop(crop: np.ndarray, pts: np.ndarray, device: torch.device) -> Ri
                 lower=torch.tensor(pts[list(lower_idx)], dtype=torch.float32, device=device),
                 upper_moves=forward(upper_idx),
                 lower_moves=forward(lower_idx),
+                upper_follow=follow(upper_idx),
+                lower_follow=follow(lower_idx),
             )
         )
     oval = pts[list(T.FACE_OVAL)]

@@ -18,6 +18,10 @@ MOUTH_CORNERS_INNER = (78, 308)
 LIP_TOP_CENTRE_INNER = 13
 LIP_BOTTOM_CENTRE_INNER = 14
 
+# Skin around the lips (just outside the corners, above and below them): it follows rounded lips
+# part of the way, so the rounding does not crease the skin at the corners.
+PERIORAL = (57, 186, 43, 92, 202, 287, 410, 273, 322, 422)
+
 # Jaw line, from the chin outwards: these follow the lower lip when the mouth opens.
 CHIN = (152, 148, 176, 377, 400)
 JAW_MID = (149, 150, 378, 379)

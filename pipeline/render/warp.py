@@ -1,11 +1,12 @@
 """The weight-free "warp" renderer: landmark-driven thin-plate-spline warps of the photo itself.
 
 Per photo (`prepare`, cached): FaceMesh landmarks, a square face crop with the mouth closed, and one
-displacement field per control (jaw, lips wide/round, blink, brow raise). Per frame: a weighted sum of
-the fields plus a masked head motion (sway and emphasis nods), one batched grid_sample, and the
-painted mouth interior and eyelids. Only the region around the head is ever resampled; the rest of
-every frame is the photo, byte for byte. The frame is either that square crop or, with
-frame="photo", the whole picture with the crop pasted back in (framing.py).
+displacement field per basis motion (jaw, lips spread, blink, brow raise, lips rounded). Per frame:
+a weighted sum of the fields plus a masked head motion (sway and emphasis nods, fading out towards
+the crop's edges), one batched grid_sample, and the painted mouth interior and eyelids. Only the
+region around the head is ever resampled; the rest of every frame is the photo, byte for byte. The
+frame is either that square crop or, with frame="photo", the whole picture with the crop pasted back
+in (framing.py).
 """
 
 from __future__ import annotations
@@ -31,21 +32,23 @@ from pipeline.render.framing import FRAMES, Backdrop, backdrop, paste, photo_lay
 from pipeline.render.landmarks import check_frontal, decode_image, shared_detector, upright
 from pipeline.render.motion import blink_curve, head_sway
 from pipeline.render.mouth import paint_mouth
-from pipeline.render.rig import BLINK, N_BASIS, Rig, build_rig, rig_from_crop
+from pipeline.render.rig import BLINK, JAW, ROUND, WIDE, Rig, build_rig, rig_from_crop
 from pipeline.render.visemes import mouth_controls
 from pipeline.types import Speech
 
 log = logging.getLogger(__name__)
 
-LANDMARK_CACHE_VERSION = 2  # bump when decoding or detection changes what landmarks a photo gets
+LANDMARK_CACHE_VERSION = 3  # bump when decoding or detection changes what landmarks a photo gets
 MIN_SIZE, MAX_SIZE = 64, 2048
-# Columns of the per-frame control matrix: the basis weights (rig.py's order), then the head motion.
+# Columns of the per-frame control matrix: the basis weights (rig.py's order; the lip-shape column is
+# signed: spread when positive, rounded when negative, see basis_weights), then the head motion.
 JAW_COL, WIDE_COL, BLINK_COL, BROW_COL, ROT_COL, SHIFT_X_COL, SHIFT_Y_COL, NOD_COL = range(8)
 N_CONTROLS = 8
 # A nod at weight 1: the head pitches forward, drawn as a vertical squash towards the pivot under the
 # chin (the forehead travels further than the chin, as in a real nod) plus a small drop.
 NOD_SQUASH = 0.035
 NOD_DROP = 0.006  # fraction of the crop side
+ROUND_JAW = 0.3  # rounded lips open the jaw this share less (they narrow the mouth instead)
 
 
 @dataclass(frozen=True)
@@ -280,7 +283,7 @@ def render_frames(rig: Rig, controls: torch.Tensor, stage: Backdrop | None = Non
     """Frames (B, H, W, 3) uint8 for controls (B, N_CONTROLS): the crop, or `stage` with it pasted in."""
     b = controls.shape[0]
     size = rig.size
-    weights = controls[:, :N_BASIS]
+    weights = basis_weights(controls)
     nod = controls[:, NOD_COL]
     rot = controls[:, ROT_COL]
     shift = controls[:, [SHIFT_X_COL, SHIFT_Y_COL]] * size
@@ -304,17 +307,21 @@ def render_frames(rig: Rig, controls: torch.Tensor, stage: Backdrop | None = Non
     # The inner lips, moved forward the same way (they sit where the head mask is 1).
     mouth = rig.mouth
     head = (rig, cos, sin, squash, shift)
-    upper = _head_forward(mouth.upper + torch.einsum("bk,knc->bnc", weights, mouth.upper_moves), *head)
-    lower = _head_forward(mouth.lower + torch.einsum("bk,knc->bnc", weights, mouth.lower_moves), *head)
+    upper = mouth.upper + torch.einsum("bk,knc->bnc", weights, mouth.upper_moves)
+    lower = mouth.lower + torch.einsum("bk,knc->bnc", weights, mouth.lower_moves)
+    upper = _head_forward(upper, mouth.upper_follow, *head)
+    lower = _head_forward(lower, mouth.lower_follow, *head)
     y0, y1, x0, x1 = rig.roi
-    paint_mouth(region, (y0, x0), upper, lower, mouth)
+    paint_mouth(region, (y0, x0), upper, lower, mouth, weights[:, ROUND])
     # The painted lid covers the whole rest-pose aperture: the spline leaves eye pixels visible
     # anywhere in there, not only between the warped lid lines.
     open_eyes = weights.clone()
     open_eyes[:, BLINK] = 0
     for eye in rig.eyes:
-        upper = _head_forward(eye.upper + torch.einsum("bk,knc->bnc", open_eyes, eye.upper_moves), *head)
-        lower = _head_forward(eye.lower + torch.einsum("bk,knc->bnc", open_eyes, eye.lower_moves), *head)
+        upper = eye.upper + torch.einsum("bk,knc->bnc", open_eyes, eye.upper_moves)
+        lower = eye.lower + torch.einsum("bk,knc->bnc", open_eyes, eye.lower_moves)
+        upper = _head_forward(upper, eye.upper_follow, *head)
+        lower = _head_forward(lower, eye.lower_follow, *head)
         paint_lids(region, (y0, x0), upper, lower, controls[:, BLINK_COL])
 
     pixels = (region.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
@@ -325,18 +332,32 @@ def render_frames(rig: Rig, controls: torch.Tensor, stage: Backdrop | None = Non
     return frames
 
 
+def basis_weights(controls: torch.Tensor) -> torch.Tensor:
+    """(B, N_BASIS) basis-field weights from controls (B, N_CONTROLS): the signed lip-shape control
+    drives the spread field when positive and the rounding field when negative."""
+    shape = controls[:, WIDE_COL]
+    rounding = (-shape).clamp(min=0)
+    weights = torch.cat([controls[:, :4], rounding[:, None]], 1)
+    weights[:, WIDE] = shape.clamp(min=0)
+    weights[:, JAW] = controls[:, JAW_COL] * (1 - ROUND_JAW * rounding)
+    return weights
+
+
 def _head_forward(
     points: torch.Tensor,
+    follow: torch.Tensor,
     rig: Rig,
     cos: torch.Tensor,
     sin: torch.Tensor,
     squash: torch.Tensor,
     shift: torch.Tensor,
 ) -> torch.Tensor:
-    """Forward head motion of points (B, N, 2): the exact inverse of the backward map above."""
+    """Forward head motion of points (B, N, 2): the inverse of the backward map above, for points
+    that follow it by `follow` (N,) (the head mask there: 1 except near a crop edge)."""
     rel = points - rig.pivot
     c, s, q = cos[:, :, 0], sin[:, :, 0], squash[:, :, 0]  # (B, 1)
     ry = q * rel[..., 1]
     x = c * rel[..., 0] - s * ry + shift[:, :1]
     y = s * rel[..., 0] + c * ry + shift[:, 1:]
-    return torch.stack([x, y], -1) + rig.pivot
+    moved = torch.stack([x, y], -1) + rig.pivot
+    return points + (moved - points) * follow[None, :, None]
