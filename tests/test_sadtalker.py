@@ -290,6 +290,7 @@ def test_cli_reply_with_sadtalker(checkpoint_dir: Path, tmp_path: Path):
     """`run_bots.py reply` with TALKTWIN_RENDER__BACKEND=sadtalker and the (random) checkpoint folder,
     a tiny answer at 10 fps: a valid H.264 + AAC mp4 of the speech's length and the configured size."""
     from tests.helpers import probe_mp4
+    from tests.test_llm import FakeOpenAIServer
 
     env = {
         **os.environ,
@@ -299,7 +300,9 @@ def test_cli_reply_with_sadtalker(checkpoint_dir: Path, tmp_path: Path):
         "TALKTWIN_RENDER__SIZE": "256",
         "TALKTWIN_RENDER__FPS": "10",
         "TALKTWIN_PATHS__DATA_DIR": str(tmp_path / "data"),
-        "TALKTWIN_LLM__MAX_TOKENS": "3",
+        "TALKTWIN_LLM__BACKEND": "openai",  # a local server's one-word answer: the frames are the test
+        "TALKTWIN_LLM__MODEL": "fake",
+        "TALKTWIN_TTS__BACKEND": "piper",
         "TALKTWIN_REPLY__TIMEOUT_S": "1500",  # seconds per frame on a CPU: far past the defaults
         "TALKTWIN_REPLY__RENDER_TIMEOUT_S": "1500",
     }
@@ -313,7 +316,9 @@ def test_cli_reply_with_sadtalker(checkpoint_dir: Path, tmp_path: Path):
         "--format",
         "video",
     ]
-    done = subprocess.run([*cli, "-o", str(out)], env=env, capture_output=True, text=True, timeout=1500)
+    with FakeOpenAIServer(["Hi."]) as llm:
+        env["TALKTWIN_LLM__BASE_URL"] = llm.base_url
+        done = subprocess.run([*cli, "-o", str(out)], env=env, capture_output=True, text=True, timeout=1500)
     assert done.returncode == 0, done.stderr
     info = probe_mp4(out)
     assert (info.video_codec, info.audio_codec, info.width, info.height) == ("h264", "aac", 256, 256)
