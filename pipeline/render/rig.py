@@ -1,7 +1,9 @@
 """The per-photo rig: a square face crop with a closed mouth, and displacement fields that animate it.
 
 Everything here runs once per (photo, size) in `prepare`; rendering a frame is then just a weighted
-sum of the basis fields plus a head-motion term, one grid_sample and the mouth interior.
+sum of precomputed fields (the basis motions, the head motion's affine terms and the pixel grid
+itself, all in grid_sample's normalised units, so one batched matrix product gives the sampling
+grid), one grid_sample and the mouth interior.
 
 The head motion fades out towards every edge of the crop: where a small or tightly cut photo puts the
 head against the crop's edge, a moving head would otherwise sample beyond it and smear the edge row.
@@ -44,6 +46,10 @@ FULL_CHROMA = 0.2  # cheek saturation at and above which painted colours keep th
 # WIDE when positive and ROUND when negative).
 JAW, WIDE, BLINK, BROW, ROUND = 0, 1, 2, 3, 4
 N_BASIS = 5
+# After the basis in Rig.fields: the head motion's terms (x offset from x, y and 1, then the y
+# offset's), each masked; last, the pixel grid. Weights per frame: warp.render_frames.
+N_HEAD = 6
+N_FIELDS = N_BASIS + N_HEAD + 1
 
 Moves = dict[int, tuple[float, float]]  # landmark index -> forward displacement (dx, dy) in px
 
@@ -86,9 +92,9 @@ class Rig:
     still: np.ndarray  # (S, S, 3) uint8: the same image, for everything outside the moving region
     points: np.ndarray  # (478, 2) landmarks in frame px, rest pose
     roi: tuple[int, int, int, int]  # y0, y1, x0, x1: the only region that ever moves
-    pixels: torch.Tensor  # (h, w, 2) pixel coordinates (x, y) of the region
-    basis: torch.Tensor  # (N_BASIS, h, w, 2) backward offsets per unit weight, within the region
-    head_mask: torch.Tensor  # (h, w) how much each pixel follows the head motion
+    # (N_FIELDS, h, w, 2) over the region, in grid_sample units (x 2 / (S - 1)): backward offsets per
+    # unit basis weight, the masked head-motion terms, then the pixel grid itself (minus 1)
+    fields: torch.Tensor
     pivot: torch.Tensor  # (2,) the head turns about this point (roughly the top of the neck)
     mouth: MouthRig
     eyes: tuple[EyeRig, ...]
@@ -255,6 +261,27 @@ def _follow(mask: torch.Tensor, points: np.ndarray) -> torch.Tensor:
     return mask[idx[:, 1], idx[:, 0]].clone()
 
 
+def _fields(
+    basis: torch.Tensor, pixels: torch.Tensor, mask: torch.Tensor, pivot: torch.Tensor
+) -> torch.Tensor:
+    """Rig.fields for the whole crop: basis (N_BASIS, S, S, 2) offsets in px, pixels (S, S, 2), the
+    head mask (S, S) and the pivot (2,)."""
+    size = pixels.shape[0]
+    rel = (pixels - pivot) * mask[..., None]
+    zero = torch.zeros_like(mask)
+    head = [
+        torch.stack([rel[..., 0], zero], -1),
+        torch.stack([rel[..., 1], zero], -1),
+        torch.stack([mask, zero], -1),
+        torch.stack([zero, rel[..., 0]], -1),
+        torch.stack([zero, rel[..., 1]], -1),
+        torch.stack([zero, mask], -1),
+    ]
+    fields = torch.cat([basis, torch.stack(head), pixels[None]]) * (2.0 / (size - 1))
+    fields[-1] -= 1
+    return fields
+
+
 def _region(mask: torch.Tensor, margin: int = 2) -> tuple[int, int, int, int]:
     """Bounding box (y0, y1, x0, x1) of the nonzero part of `mask`, plus a margin."""
     ys = torch.nonzero(mask.any(1)).flatten()
@@ -352,9 +379,7 @@ def rig_from_crop(crop: np.ndarray, pts: np.ndarray, device: torch.device) -> Ri
         still=np.ascontiguousarray(crop),
         points=pts,
         roi=(y0, y1, x0, x1),
-        pixels=pixels[y0:y1, x0:x1].contiguous().to(device),
-        basis=basis[:, y0:y1, x0:x1].contiguous().to(device),
-        head_mask=mask[y0:y1, x0:x1].contiguous().to(device),
+        fields=_fields(basis, pixels, mask, pivot)[:, y0:y1, x0:x1].contiguous().to(device),
         pivot=pivot.to(device),
         mouth=mouth,
         eyes=tuple(eyes),

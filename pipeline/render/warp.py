@@ -293,13 +293,16 @@ def render_frames(rig: Rig, controls: torch.Tensor, stage: Backdrop | None = Non
 
     # Backward map: undo the head motion (shift back, rotate by -rot and unsquash about the pivot),
     # then the face deformation; the head mask fades the head motion out towards the background.
-    offsets = torch.einsum("bk,khwc->bhwc", weights, rig.basis)
-    rel = rig.pixels - rig.pivot  # (h, w, 2)
-    rx, ry = rel[..., 0][None] - shift[:, 0, None, None], rel[..., 1][None] - shift[:, 1, None, None]
-    head_x = cos * rx + sin * ry - rel[..., 0][None]
-    head_y = (-sin * rx + cos * ry) / squash - rel[..., 1][None]
-    offsets = offsets + torch.stack([head_x, head_y], -1) * rig.head_mask[None, ..., None]
-    grid = (rig.pixels[None] + offsets) * (2.0 / (size - 1)) - 1
+    # With r the pixel relative to the pivot and t the shift, the head's backward offset is affine:
+    #   x: (cos - 1) r_x + sin r_y - (cos t_x + sin t_y)
+    #   y: -sin / q r_x + (cos / q - 1) r_y + (sin t_x - cos t_y) / q
+    # so with the basis weights it weights Rig.fields, and one batched product gives the grid.
+    c, s, q = cos[:, 0, 0], sin[:, 0, 0], squash[:, 0, 0]
+    tx, ty = shift[:, 0], shift[:, 1]
+    head = torch.stack(
+        [c - 1, s, -(c * tx + s * ty), -s / q, c / q - 1, (s * tx - c * ty) / q, torch.ones_like(c)], 1
+    )
+    grid = torch.einsum("bk,khwc->bhwc", torch.cat([weights, head], 1), rig.fields)
     region = F.grid_sample(
         rig.image.expand(b, -1, -1, -1), grid, mode="bilinear", padding_mode="border", align_corners=True
     )
