@@ -19,7 +19,7 @@ from PIL import Image
 
 from pipeline.render import topology as T
 from pipeline.render.closing import MIN_GAP, close_mouth, find_opening, lip_colour, skin_colour, teeth_texture
-from pipeline.render.tps import tps_backward_field
+from pipeline.render.tps import tps_backward_fields
 
 CROP_SCALE = 2.3  # crop side / face size: the head plus some hair, neck and background
 CROP_DROP = 0.1  # move the crop centre down by this fraction of the face height (more neck, less sky)
@@ -165,12 +165,11 @@ def _anchors(points: np.ndarray, size: int, fixed: tuple[tuple[int, ...], ...] |
     return anchors[inside]
 
 
-def _field(points: np.ndarray, anchors: np.ndarray, moves: Moves, size: int) -> torch.Tensor:
+def _controls(points: np.ndarray, anchors: np.ndarray, moves: Moves) -> tuple[np.ndarray, np.ndarray]:
+    """(src, dst) control points of one basis field: the moved landmarks, then the anchors."""
     idx = list(moves)
     d = np.array([moves[i] for i in idx], dtype=np.float64)
-    src = np.concatenate([points[idx], anchors])
-    dst = np.concatenate([points[idx] + d, anchors])
-    return tps_backward_field(src, dst, size)
+    return np.concatenate([points[idx], anchors]), np.concatenate([points[idx] + d, anchors])
 
 
 def _basis_moves(points: np.ndarray) -> list[Moves]:
@@ -262,11 +261,10 @@ def _follow(mask: torch.Tensor, points: np.ndarray) -> torch.Tensor:
 
 
 def _fields(
-    basis: torch.Tensor, pixels: torch.Tensor, mask: torch.Tensor, pivot: torch.Tensor
+    basis: torch.Tensor, pixels: torch.Tensor, mask: torch.Tensor, pivot: torch.Tensor, size: int
 ) -> torch.Tensor:
-    """Rig.fields for the whole crop: basis (N_BASIS, S, S, 2) offsets in px, pixels (S, S, 2), the
-    head mask (S, S) and the pivot (2,)."""
-    size = pixels.shape[0]
+    """Rig.fields over a region of an S x S crop: basis (N_BASIS, h, w, 2) offsets in px (masked),
+    pixels (h, w, 2), the head mask (h, w) and the pivot (2,)."""
     rel = (pixels - pivot) * mask[..., None]
     zero = torch.zeros_like(mask)
     head = [
@@ -323,9 +321,10 @@ def rig_from_crop(crop: np.ndarray, pts: np.ndarray, device: torch.device) -> Ri
     moves = _basis_moves(pts)
     anchors = _anchors(pts, size)
     brow_anchors = _anchors(pts, size, (T.NOSE, T.CHEEKS, T.EYE_CORNERS, T.FOREHEAD))
-    fields = [_field(pts, brow_anchors if k == BROW else anchors, m, size) for k, m in enumerate(moves)]
-    basis = torch.stack(fields) * mask[None, ..., None]
+    pairs = [_controls(pts, brow_anchors if k == BROW else anchors, m) for k, m in enumerate(moves)]
     y0, y1, x0, x1 = _region(mask > 0)
+    region = (slice(y0, y1), slice(x0, x1))
+    basis = tps_backward_fields(pairs, size)[:, y0:y1, x0:x1] * mask[region][None, ..., None]
 
     def forward(idx: tuple[int, ...]) -> torch.Tensor:
         d = [[m.get(i, (0.0, 0.0)) for i in idx] for m in moves]
@@ -379,7 +378,7 @@ def rig_from_crop(crop: np.ndarray, pts: np.ndarray, device: torch.device) -> Ri
         still=np.ascontiguousarray(crop),
         points=pts,
         roi=(y0, y1, x0, x1),
-        fields=_fields(basis, pixels, mask, pivot)[:, y0:y1, x0:x1].contiguous().to(device),
+        fields=_fields(basis, pixels[region], mask[region], pivot, size).contiguous().to(device),
         pivot=pivot.to(device),
         mouth=mouth,
         eyes=tuple(eyes),
