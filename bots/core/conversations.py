@@ -102,6 +102,19 @@ class Conversations:
     # ------------------------------------------------------------------ messages
     async def handle(self, message: IncomingMessage, sink: ReplySink) -> None:
         """Everything that happens to one message; failures become a clear line, never an exception."""
+        # Updates may be handled concurrently: a user's questions take their place in the reply queue
+        # in the order they arrived. The place is taken before the first await (asyncio.Lock wakes
+        # its waiters first come, first served); a thread hop before it could let a later one pass.
+        arrival = _Turn(self._arrivals.setdefault(message.user, asyncio.Lock()))
+        await arrival.lock.acquire()
+        try:
+            await self._handle(message, sink, arrival)
+        finally:
+            arrival.release()
+
+    async def _handle(self, message: IncomingMessage, sink: ReplySink, arrival: _Turn) -> None:
+        if message.audio is None and (message.text is None or message.photo is not None):
+            arrival.release()  # not a question: nothing to keep in order behind it
         lang = await self.language(message.user, message.locale)
         try:
             if message.photo is not None:
@@ -114,7 +127,7 @@ class Conversations:
                     t("kb_added", lang, name=info.name, pages=info.pages, chunks=info.chunks)
                 )
             elif message.audio is not None or (message.text or "").strip():
-                await self._answer(message, sink, lang)
+                await self._answer(message, sink, lang, arrival)
             else:
                 raise EmptyText("empty message")
         except Exception as e:
@@ -133,13 +146,9 @@ class Conversations:
         except Exception:
             log.warning("could not tell the user about a failure", exc_info=True)
 
-    async def _answer(self, message: IncomingMessage, sink: ReplySink, lang: str) -> None:
+    async def _answer(self, message: IncomingMessage, sink: ReplySink, lang: str, arrival: _Turn) -> None:
         """A question: durable job first, then the answer; a redelivered message is skipped."""
         content = {"text": message.text} if message.audio is None else {"audio": message.audio}
-        # Updates may be handled concurrently: a user's messages take their place in the reply queue
-        # in the order they arrived (asyncio.Lock wakes its waiters first come, first served).
-        arrival = _Turn(self._arrivals.setdefault(message.user, asyncio.Lock()))
-        await arrival.lock.acquire()
         try:
             job_id = await asyncio.to_thread(
                 self.jobs.accept,
