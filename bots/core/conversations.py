@@ -146,25 +146,29 @@ class Conversations:
         except Exception:
             log.warning("could not tell the user about a failure", exc_info=True)
 
+    async def _accept(self, message: IncomingMessage, **content: bytes | str | None) -> int | None:
+        """Record the message in the job ledger; None when it was recorded before (a redelivery)."""
+        job_id = await asyncio.to_thread(
+            self.jobs.accept,
+            message.platform,
+            message.chat,
+            message.message_id,
+            message.user,
+            message.conversation,
+            **content,
+        )
+        if job_id is None:
+            log.info(
+                "message %s in %s was already accepted; not answering twice", message.message_id, message.chat
+            )
+        return job_id
+
     async def _answer(self, message: IncomingMessage, sink: ReplySink, lang: str, arrival: _Turn) -> None:
         """A question: durable job first, then the answer; a redelivered message is skipped."""
         content = {"text": message.text} if message.audio is None else {"audio": message.audio}
         try:
-            job_id = await asyncio.to_thread(
-                self.jobs.accept,
-                message.platform,
-                message.chat,
-                message.message_id,
-                message.user,
-                message.conversation,
-                **content,
-            )
+            job_id = await self._accept(message, **content)
             if job_id is None:
-                log.info(
-                    "message %s in %s was already accepted; not answering twice",
-                    message.message_id,
-                    message.chat,
-                )
                 return
             await self._settle(
                 job_id, message.user, message.conversation, lang, sink, _Content(**content), arrival
@@ -197,18 +201,8 @@ class Conversations:
         """Check the face, store the photo, and greet the user in the new face; a photo delivered
         twice is recognised in the job ledger and answered once (its bytes are not kept there: were
         the service to crash meanwhile, the user is asked to send it again)."""
-        job_id = await asyncio.to_thread(
-            self.jobs.accept,
-            message.platform,
-            message.chat,
-            message.message_id,
-            message.user,
-            message.conversation,
-        )
+        job_id = await self._accept(message)
         if job_id is None:
-            log.info(
-                "photo %s in %s was already accepted; not answering twice", message.message_id, message.chat
-            )
             return
         try:
             await self._greet_in_new_face(message, sink, lang)
