@@ -63,3 +63,27 @@ def test_recognition_stops_when_cancelled_or_over_its_limit(whisper: WhisperReco
         whisper.transcribe(speech, token=late)
     assert err.value.stage == "asr"
     assert "library" in whisper.transcribe(speech, token=CancelToken()).text.lower()
+
+
+@pytest.mark.real_models
+def test_a_short_recording_is_encoded_once_with_the_same_result(whisper: WhisperRecognizer, models_installed):
+    """Language detection and transcription share one encoder pass: the plain faster-whisper model
+    encodes the window twice and must give the same language, words and timings."""
+    from faster_whisper import WhisperModel
+
+    from pipeline.media.audio_input import resample
+
+    piper = PiperSynthesizer(models_installed.resolve(models_installed.tts.piper_voice))
+    samples = resample(piper.synthesize("What is the capital of France?", "en", VoiceSettings()).audio, 16000)
+    plain = WhisperModel(str(models_installed.resolve(models_installed.asr.model)), compute_type="int8")
+    results, encodes = [], []
+    for model in (whisper.model, plain):
+        calls = []
+        encode = model.encode
+        model.encode = lambda features, encode=encode, calls=calls: calls.append(1) or encode(features)
+        segments, info = model.transcribe(samples.samples, vad_filter=True, word_timestamps=True)
+        results.append((info.language, [(w.word, w.start, w.end) for s in segments for w in s.words]))
+        encodes.append(len(calls))
+        del model.encode
+    assert encodes == [1, 2]
+    assert results[0] == results[1] and results[0][0] == "en" and len(results[0][1]) == 6
