@@ -5,7 +5,9 @@ at 16 kHz, 32 ms), carrying the model's recurrent state and the 64-sample contex
 which gives exactly the probabilities of the batch call. `TurnDetector` turns those probabilities
 into the user's turns: speech starts after `min_speech_ms` of speech, ends after `end_silence_ms` of
 silence, and each finished utterance comes with a little audio from before its start (the onset the
-detector needed to be sure).
+detector needed to be sure). With `pause_silence_ms`, a shorter silence first reports a "pause" with
+the utterance so far, and speech after it a "resume": the listener may start answering at the pause
+and drop that answer if the user goes on.
 """
 
 from __future__ import annotations
@@ -47,8 +49,10 @@ class SileroStream:
 
 @dataclass(frozen=True)
 class TurnEvent:
-    kind: str  # "start": the user began to speak; "end": their utterance is complete
-    audio: np.ndarray | None = None  # with "end": the utterance, 16 kHz float32
+    # "start": the user began to speak; "pause": they stopped for pause_silence_ms, maybe for good;
+    # "resume": they went on after a pause; "end": their utterance is complete
+    kind: str
+    audio: np.ndarray | None = None  # with "pause" and "end": the utterance so far, 16 kHz float32
     at: float = 0.0  # stream time (s) of the event: when the speech began / when the silence ended it
 
 
@@ -62,6 +66,7 @@ class TurnDetector:
         threshold: float = 0.5,
         min_speech_ms: float = 128,
         end_silence_ms: float = 500,
+        pause_silence_ms: float = 0,
         preroll_ms: float = 300,
         max_utterance_s: float = 30,
         model: SileroStream | None = None,
@@ -70,6 +75,9 @@ class TurnDetector:
         self.neg_threshold = max(threshold - 0.15, 0.01)
         self.min_windows = max(1, round(min_speech_ms / WINDOW_MS))
         self.end_windows = max(1, round(end_silence_ms / WINDOW_MS))
+        # 0 (off), or fewer windows than end_windows: a pause must come before the end
+        pause = round(pause_silence_ms / WINDOW_MS) if pause_silence_ms > 0 else 0
+        self.pause_windows = pause if 0 < pause < self.end_windows else 0
         self.max_windows = max(self.min_windows + 1, round(max_utterance_s * 1000 / WINDOW_MS))
         self.model = model or SileroStream()
         self._pending = np.zeros(0, np.float32)
@@ -77,6 +85,7 @@ class TurnDetector:
         self._utterance: list[np.ndarray] = []
         self._voiced = 0  # consecutive speech windows while not yet speaking
         self._silent = 0  # consecutive silent windows while speaking
+        self._paused = False  # a "pause" was reported and no speech came since
         self._windows = 0  # windows seen, for stream time
         self.speaking = False
 
@@ -114,13 +123,20 @@ class TurnDetector:
             self._silent += 1
         elif p >= self.threshold:
             self._silent = 0
+            if self._paused:
+                self._paused = False
+                return TurnEvent("resume", at=self.now)
         if self._silent < self.end_windows and len(self._utterance) < self.max_windows:
+            if self._silent == self.pause_windows and self.pause_windows and not self._paused:
+                self._paused = True
+                return TurnEvent("pause", audio=np.concatenate(self._utterance), at=self.now)
             return None
         return self._finish()
 
     def _finish(self) -> TurnEvent:
         audio = np.concatenate(self._utterance) if self._utterance else np.zeros(0, np.float32)
         self.speaking, self._voiced, self._silent, self._utterance = False, 0, 0, []
+        self._paused = False
         return TurnEvent("end", audio=audio, at=self.now)
 
     def flush(self) -> TurnEvent | None:
