@@ -22,6 +22,7 @@ Where the replies are made (`--mode`):
 
     .venv/bin/python -m bench.load_test [--users 20] [--messages 3] [--via http|telegram|both]
         [--mode embedded|queue] [--workers 1] [--worker-threads 0]
+    .venv/bin/python -m bench.load_test --compare [--via http]   # embedded, 1 and 2 workers, one run
 """
 
 from __future__ import annotations
@@ -497,11 +498,58 @@ def plot(report: dict, path: Path) -> None:
 
 
 def describe(report: dict) -> str:
+    if report.get("execution") == "compare":
+        return "embedded vs queue mode, back to back"
     if report.get("execution") != "queue":
         return "embedded defaults"
     n = report["workers"]
     threads = f", {report['worker_threads']} threads each" if report.get("worker_threads") else ""
     return f"queue mode, {n} worker{'s' if n != 1 else ''}{threads}"
+
+
+COMPARED = (("embedded", 1), ("queue", 1), ("queue", 2))
+
+
+def compare(args: argparse.Namespace, modes: list[str]) -> None:
+    """The three ways of running on this machine, one after the other in one run, in one report:
+    each mode's figures under "<execution> · <mode>" (as `run` reports them), and one plot."""
+    runs = []
+    for execution, workers in COMPARED:
+        report = asyncio.run(
+            run(
+                args.users,
+                args.messages,
+                modes,
+                args.timeout,
+                args.settle,
+                execution=execution,
+                workers=workers,
+            )
+        )
+        runs.append(report)
+        print(describe(report), flush=True)
+    merged = {
+        "users": args.users,
+        "messages_per_user": args.messages,
+        "cores": os.cpu_count(),
+        "execution": "compare",
+        "load_average_after": round(os.getloadavg()[0], 1),
+        "modes": {f"{describe(r)} · {mode}": stats for r in runs for mode, stats in r["modes"].items()},
+    }
+    out = args.out or PROJECT_ROOT / "bench" / "results" / "load_test_compare.json"
+    picture = args.plot or PROJECT_ROOT / "docs" / "load_test_compare.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(merged, indent=2))
+    plot(merged, picture)
+    keys = (
+        "answered_ok",
+        "latency_p50_s",
+        "latency_p95_s",
+        "throughput_replies_per_min",
+        "video_seconds_p50",
+    )
+    for name, stats in merged["modes"].items():
+        print(name, {k: stats.get(k) for k in keys})
 
 
 def main() -> None:
@@ -523,15 +571,23 @@ def main() -> None:
         default=0,
         help="queue mode: CPU threads per worker for ASR, LLM and renderer (0 = one per core each)",
     )
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="embedded, then queue mode with 1 and with 2 workers, back to back (load_test_compare.*)",
+    )
     parser.add_argument("--out", type=Path, help="JSON (default bench/results/load_test[_queue_Nw].json)")
     parser.add_argument("--plot", type=Path, help="plot (default docs/load_test[_queue_Nw].png)")
     args = parser.parse_args()
     if args.workers < 1:
         parser.error("--workers must be at least 1")
+    modes = list(MODES) if args.via == "both" else [args.via]
+    if args.compare:
+        compare(args, modes)
+        return
     name = "load_test" if args.mode == "embedded" else f"load_test_queue_{args.workers}w"
     args.out = args.out or PROJECT_ROOT / "bench" / "results" / f"{name}.json"
     args.plot = args.plot or PROJECT_ROOT / "docs" / f"{name}.png"
-    modes = list(MODES) if args.via == "both" else [args.via]
     report = asyncio.run(
         run(
             args.users,
