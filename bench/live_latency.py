@@ -11,6 +11,12 @@ Per question:
   received answer audio (decoded Opus louder than -40 dBFS; the idle avatar sends digital silence).
 - `mouth_s`: to the first received video frame whose mouth is open (FaceMesh landmarks re-detected
   on the decoded frames: inner-lip gap / mouth width above the idle frames' level by a margin).
+- `av_lag_ms`: audio/video offset at the client while the answer plays: the lag (10 ms steps, ±400 ms)
+  that best lines up mouth opening (the same landmarks) with received audio loudness; positive = the
+  picture comes after the sound.
+- `fps_speaking`, `gaps_80ms`, `repeats`: frames received per second while the answer plays, arrival
+  gaps over 80 ms (two frame periods), and frames that repeat the previous one (a server underrun
+  sends the last frame again).
 - the server's split, from its `speaking` event: VAD hang-over (the configured end silence), ASR,
   memory/knowledge, first LLM sentence, its TTS, its first render batch, and `first_frame` (from end
   of turn detected to the first frame handed to WebRTC); `transport_s` is what remains of `audio_s`
@@ -24,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -70,19 +77,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def first_open_mouth(times: list[float], frames: list[np.ndarray], after: float) -> float | None:
-    """Arrival time of the first frame after `after` whose mouth is clearly open (vs the idle frames
-    received just before `after`)."""
+def mouth_openness(frames: list[np.ndarray]) -> np.ndarray:
+    """Inner-lip gap / mouth width per frame (FaceMesh landmarks re-detected; nan without a face)."""
     import mediapipe as mp
 
-    picked = [(t, f) for t, f in zip(times, frames, strict=True) if t > after - 1.0]
-    if not picked:
-        return None
     openness = []
     with mp.solutions.face_mesh.FaceMesh(
         static_image_mode=False, max_num_faces=1, refine_landmarks=True
     ) as mesh:
-        for _, frame in picked:
+        for frame in frames:
             found = mesh.process(np.ascontiguousarray(frame))
             if not found.multi_face_landmarks:
                 openness.append(np.nan)
@@ -91,7 +94,58 @@ def first_open_mouth(times: list[float], frames: list[np.ndarray], after: float)
             gap = np.hypot(lm[13].x - lm[14].x, lm[13].y - lm[14].y)
             width = np.hypot(lm[61].x - lm[291].x, lm[61].y - lm[291].y)
             openness.append(gap / width)
-    values = np.array(openness)
+    return np.array(openness)
+
+
+def av_lag_ms(
+    times: list[float], openness: np.ndarray, audio_times: list[float], audio_rms: list[float]
+) -> float | None:
+    """The shift of the picture against the sound (ms, positive = picture late) that best lines up
+    mouth opening with loudness, over the span both cover; None when too short to tell."""
+    ok = ~np.isnan(openness)
+    t_video, mouth = np.asarray(times)[ok], openness[ok]
+    t_audio, loud = np.asarray(audio_times), np.asarray(audio_rms)
+    if len(t_video) < 25 or len(t_audio) < 50:
+        return None
+    step, span = 0.01, 0.4
+    grid = np.arange(max(t_video[0], t_audio[0]) + span, min(t_video[-1], t_audio[-1]) - span, step)
+    if len(grid) < 100:
+        return None
+    sound = np.interp(grid, t_audio, loud)
+    sound = (sound - sound.mean()) / (sound.std() or 1)
+    best, best_lag = -np.inf, 0.0
+    for lag in np.arange(-span, span + step / 2, step):
+        picture = np.interp(grid + lag, t_video, mouth)  # the picture `lag` s after the sound
+        picture = (picture - picture.mean()) / (picture.std() or 1)
+        score = float(np.mean(sound * picture))
+        if score > best:
+            best, best_lag = score, lag
+    return round(best_lag * 1000)
+
+
+def smoothness(times: list[float], frames: list[np.ndarray]) -> dict[str, float]:
+    """Frames per second received, arrival gaps over 80 ms, and repeated frames."""
+    if len(times) < 2:
+        return {}
+    gaps = np.diff(times)
+    repeats = sum(
+        float(np.mean(np.abs(a.astype(np.int16) - b.astype(np.int16)))) < 0.3
+        for a, b in itertools.pairwise(frames)
+    )
+    return {
+        "fps_speaking": round((len(times) - 1) / (times[-1] - times[0]), 1),
+        "gaps_80ms": int(np.sum(gaps > 0.08)),
+        "repeats": int(repeats),
+    }
+
+
+def first_open_mouth(times: list[float], frames: list[np.ndarray], after: float) -> float | None:
+    """Arrival time of the first frame after `after` whose mouth is clearly open (vs the idle frames
+    received just before `after`)."""
+    picked = [(t, f) for t, f in zip(times, frames, strict=True) if t > after - 1.0]
+    if not picked:
+        return None
+    values = mouth_openness([f for _, f in picked])
     idle = values[[t <= after for t, _ in picked]]
     idle = idle[~np.isnan(idle)]
     base = float(np.median(idle)) if len(idle) else float(np.nanmin(values))
@@ -153,8 +207,9 @@ async def run_questions(
             _, end = client.mic.say(pcm)
 
             began = await client.wait_for(lambda m=mark: _first(client, ("speaking", "error"), m), 180)
-            await client.wait_for(lambda b=began: _first(client, ("idle",), b), 180)
+            ended = await client.wait_for(lambda b=began: _first(client, ("idle",), b), 180)
             await asyncio.sleep(1.0)
+            speak_from, speak_to = client.got.events[began - 1][0], client.got.events[ended - 1][0]
             speaking = [e for _, e in client.got.events[mark:] if e["type"] == "speaking"]
             heard = next((e for _, e in client.got.events[mark:] if e["type"] == "heard"), {})
             answer = [e["text"] for _, e in client.got.events[mark:] if e["type"] == "answer"]
@@ -165,6 +220,13 @@ async def run_questions(
             mouth_at = await asyncio.to_thread(
                 first_open_mouth, list(got.video_times), list(got.video_frames), end
             )
+            during = [
+                (t, f)
+                for t, f in zip(got.video_times, got.video_frames, strict=True)
+                if speak_from <= t <= speak_to
+            ]
+            openness = await asyncio.to_thread(mouth_openness, [f for _, f in during])
+            lag = av_lag_ms([t for t, _ in during], openness, got.audio_times, got.audio_rms)
             timings = speaking[0]["timings"] if speaking else {}
             row = {
                 "question": text,
@@ -172,6 +234,8 @@ async def run_questions(
                 "answer": " ".join(answer),
                 "audio_s": round(audio_at - end, 3) if audio_at else None,
                 "mouth_s": round(mouth_at - end, 3) if mouth_at else None,
+                "av_lag_ms": lag,
+                **smoothness([t for t, _ in during], [f for _, f in during]),
                 "server": timings,
             }
             if audio_at and timings:
@@ -281,13 +345,15 @@ def main() -> None:
         "load_s": round(load_s, 1),
     }
     rows += [r for r in results if "barge_in" in r]
-    for key in ("audio_s", "mouth_s", "transport_s", "stop_s", "told_s"):
+    for key in ("audio_s", "mouth_s", "transport_s", "stop_s", "told_s", "av_lag_ms", "fps_speaking"):
         values = [r[key] for r in rows if r.get(key) is not None]
         summary[key] = {
             "p50": round(percentile(values, 0.5), 3),
             "p95": round(percentile(values, 0.95), 3),
             "n": len(values),
         }
+    summary["gaps_80ms"] = sum(r.get("gaps_80ms", 0) for r in rows)
+    summary["repeats"] = sum(r.get("repeats", 0) for r in rows)
     stages = sorted({k for r in rows for k in r.get("server", {})})
     summary["server_p50"] = {
         s: round(percentile([r["server"][s] for r in rows if s in r.get("server", {})], 0.5), 3)

@@ -401,21 +401,19 @@ class LiveConversation:
                 log.exception("live %s failed", kind)
 
     def _prime(self) -> None:
-        """Have the chat model read this user's prompt (persona, notes, recent turns) before they ask:
-        llama.cpp keeps what it has read (its prompt cache holds several prompts), so the first
-        question costs its own few tokens instead of the whole prompt (~1.7 s on 2 cores). The page's
-        language first; priming stops as soon as the user has been heard."""
+        """Have the chat model read this user's prompt (persona, notes, recent turns) in the page's
+        language before they ask: llama.cpp keeps what it has read (its prompt cache holds several
+        prompts), so the first question costs its own few tokens instead of the whole prompt (~1.7 s
+        on 2 cores). One language only: a question waits for the priming in progress."""
+        if not self._tasks.empty() or self._closing.is_set():
+            return
         context = self.pipeline.context.context_for(self.thread, self.user, "")
-        for language in sorted(("en", "zh"), key=lambda lang: lang != self.lang):
-            if not self._tasks.empty() or self._closing.is_set():
-                return
-            messages = self.pipeline._messages("Hi" if language == "en" else "你好", language, context)
-            try:
-                for _ in self.pipeline.chat_model.stream(messages, max_tokens=1, temperature=0):
-                    pass
-            except Exception as e:  # a model that cannot answer now says so on the first question
-                log.info("could not prime the chat model: %s", e)
-                return
+        messages = self.pipeline._messages("你好" if self.lang == "zh" else "Hi", self.lang, context)
+        try:
+            for _ in self.pipeline.chat_model.stream(messages, max_tokens=1, temperature=0):
+                pass
+        except Exception as e:  # a model that cannot answer now says so on the first question
+            log.info("could not prime the chat model: %s", e)
 
     def _answer(self, answer: _Answer) -> None:
         pipeline, token = self.pipeline, answer.token
