@@ -61,6 +61,7 @@ class ReplySettings(_Section):
     tts_timeout_s: float = Field(gt=0)
     render_timeout_s: float = Field(gt=0)
     models_process: bool
+    nice: int = Field(ge=0, le=19)
 
 
 class AsrSettings(_Section):

@@ -23,6 +23,7 @@ from typing import Any
 
 from bots.core.blobs import blob_store
 from bots.core.execution import execute
+from bots.core.priority import lower_this_thread
 from bots.core.reply_job import ReplyJob
 from pipeline.cancel import CancelToken
 from pipeline.config import settings_from_dump
@@ -106,7 +107,10 @@ def serve(settings_dump: dict[str, Any], conn: Connection) -> None:
     gpu = renders_on_gpu(pipeline.renderer)
     workers = settings.reply.workers or (4 if gpu else 1)
     blobs = blob_store(settings)
-    replies = ThreadPoolExecutor(workers, thread_name_prefix="reply")
+    # below the live sessions' threads: a live conversation comes first (bots/core/priority.py)
+    replies = ThreadPoolExecutor(
+        workers, thread_name_prefix="reply", initializer=lower_this_thread, initargs=(settings.reply.nice,)
+    )
     checks = ThreadPoolExecutor(1, thread_name_prefix="photo")
 
     def run(key: str, job_json: str) -> None:
