@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import signal
@@ -19,6 +20,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -98,13 +100,18 @@ class ServerProcess:
             log_file = self.log_path.open("ab")
             out = log_file
         try:
-            self._proc = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-                env={**os.environ, **(self.env or {})},
-                preexec_fn=_die_with_parent,
+            self._proc = (
+                _starter()
+                .submit(
+                    subprocess.Popen,
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=out,
+                    env={**os.environ, **(self.env or {})},
+                    preexec_fn=_die_with_parent,
+                )
+                .result()
             )
         finally:
             if log_file is not None:
@@ -138,6 +145,16 @@ class ServerProcess:
                 pass
         proc.kill()
         proc.wait()
+
+
+@functools.cache
+def _starter() -> ThreadPoolExecutor:
+    """The one thread every server is started from, made by the first start (the models' load).
+
+    A child inherits the CPU priority of the thread that forks it, and PR_SET_PDEATHSIG fires when
+    that thread ends: a server restarted after a crash from a reply thread (which runs at a lower
+    priority, bots/core/priority.py) would otherwise serve live conversations at the replies' priority."""
+    return ThreadPoolExecutor(1, thread_name_prefix="server-start")
 
 
 def _die_with_parent() -> None:
