@@ -19,11 +19,14 @@ Memory: the child's pipeline has its own MemoryStore on the same database, so a 
 recorded in the user's conversation ("http:<id>") exactly as their /v1/reply turns are; knowledge
 search goes over the pipe to the service as for replies.
 
-CPU sharing with the bots' replies: a live session's threads (listening, Whisper + the model + TTS,
-drawing) and the replies' worker share the same models and cores; the OS schedules them, Whisper's
-calls are serialised by its lock. `[live] max_sessions` (default 1) bounds what live conversations
-can take; on 2 cores a reply made during a live answer slows both (the reply queue's "busy, try
-again" still bounds the bots' side).
+CPU sharing with the bots' replies: live first. A live session's threads (listening, Whisper + the
+model + TTS, drawing at 25 fps, WebRTC) run at the process's normal priority, the threads that make
+replies at `reply.nice` (10) below it, and what those start inherits it (bots/core/priority.py): when
+both want the cores the scheduler gives them to the live session, and replies take all of them when
+it is idle. Whisper and the chat model's server serve one call at a time, in arrival order: a live
+question waits at most for a reply's recognition or answer in progress. `[live] max_sessions`
+(default 1) bounds what live conversations can take; the reply queue's "busy, try again" bounds the
+bots' side. See docs/live.md.
 """
 
 from __future__ import annotations
