@@ -124,6 +124,7 @@ class Components:
             max_queue=settings.reply.max_queue,
             rate_limit=tg.rate_limit_per_minute,
             workers=workers,
+            nice=settings.reply.nice,
         )
         jobs = JobStore(memory.engine, settings.resolve(settings.paths.data_dir) / "jobs")
         return cls(pipeline, memory, knowledge, service, jobs, settings, executor)

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from bots.core.priority import lower_this_thread
 from bots.metrics import Metrics
 from pipeline.cancel import Cancelled, CancelToken, TookTooLong
 from pipeline.errors import TalkTwinError
@@ -52,6 +53,7 @@ class ReplyService:
         rate_limit: int = 12,
         rate_window_s: float = 60.0,
         workers: int = 1,
+        nice: int = 0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_pending = max_pending
@@ -63,7 +65,13 @@ class ReplyService:
         self._clock = clock
         self._users: dict[str, _UserState] = {}
         self._guard = threading.Lock()
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reply-worker")
+        # `nice`: replies below the live sessions on the CPU (bots/core/priority.py)
+        self._executor = ThreadPoolExecutor(
+            max_workers=workers,
+            thread_name_prefix="reply-worker",
+            initializer=lower_this_thread,
+            initargs=(nice,),
+        )
         self.metrics = Metrics()
         self.metrics.track_queue(self.queue_depth)
 
