@@ -22,7 +22,12 @@ Per question:
   of turn detected to the first frame handed to WebRTC); `transport_s` is what remains of `audio_s`
   (microphone and network transport, the client's jitter buffer, Opus, pacing).
 
+With `--with-replies N`, N users of the HTTP API ask text questions one after the other, each the
+next as soon as its reply came, for as long as the live questions last: what the live conversation
+gets while the bots' replies share the machine (see docs/architecture.md, "CPU: live first").
+
     .venv/bin/python -m bench.live_latency [--runs 3] [--langs en,zh] [--size 256] [--out FILE]
+        [--with-replies 1]
 """
 
 from __future__ import annotations
@@ -179,6 +184,27 @@ def _first(client: LiveClient, kinds: tuple[str, ...], since: int) -> int | None
     return None
 
 
+REPLY_QUESTIONS = ["What is a good name for a cat?", "Tell me a short joke.", "What is tea made of?"]
+
+
+async def keep_replying(base: str, users: int, done: asyncio.Event, log: list[dict]) -> None:
+    """`users` HTTP API users asking one text question after another until `done`."""
+
+    async def user(n: int) -> None:
+        async with httpx.AsyncClient(timeout=600) as http:
+            k = 0
+            while not done.is_set():
+                t0 = time.monotonic()
+                r = await http.post(
+                    f"{base}/v1/reply",
+                    data={"user": f"replier{n}", "text": REPLY_QUESTIONS[k % len(REPLY_QUESTIONS)]},
+                )
+                log.append({"reply_s": round(time.monotonic() - t0, 2), "status": r.status_code})
+                k += 1
+
+    await asyncio.gather(*(user(n) for n in range(users)))
+
+
 async def run_questions(
     url: str,
     questions: list[tuple[str, np.ndarray]],
@@ -285,6 +311,7 @@ def main() -> None:
     parser.add_argument("--langs", default="en,zh")
     parser.add_argument("--size", type=int, default=0, help="live frame size (default: [live] size)")
     parser.add_argument("--barge-in", type=int, default=2, help="interruptions to time (English)")
+    parser.add_argument("--with-replies", type=int, default=0, help="HTTP users asking the whole time")
     parser.add_argument("--out", default="", help="write the results as JSON here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -321,13 +348,24 @@ def main() -> None:
         load_s = time.perf_counter() - t0
         port = free_port()
         results: list[dict] = []
+        replies: list[dict] = []
 
         async def serve() -> None:
             server = HttpServer(HttpOptions(port=port), components)
             await server.start()
+            done = asyncio.Event()
+            base = f"http://127.0.0.1:{port}"
+            replying = (
+                asyncio.ensure_future(keep_replying(base, args.with_replies, done, replies))
+                if args.with_replies
+                else None
+            )
             try:
-                await run_questions(f"http://127.0.0.1:{port}/v1/live", questions, interruptions, results)
+                await run_questions(f"{base}/v1/live", questions, interruptions, results)
             finally:
+                done.set()
+                if replying is not None:
+                    await replying
                 await server.stop()
 
         try:
@@ -343,7 +381,15 @@ def main() -> None:
         "chat_model": settings.llm.model,
         "models": "own process" if settings.reply.models_process else "in the service's process",
         "load_s": round(load_s, 1),
+        "with_replies": args.with_replies,
     }
+    if replies:
+        times = [r["reply_s"] for r in replies if r["status"] == 200]
+        summary["replies"] = {
+            "n": len(times),
+            "failed": len(replies) - len(times),
+            "p50_s": percentile(times, 0.5),
+        }
     rows += [r for r in results if "barge_in" in r]
     for key in ("audio_s", "mouth_s", "transport_s", "stop_s", "told_s", "av_lag_ms", "fps_speaking"):
         values = [r[key] for r in rows if r.get(key) is not None]
