@@ -65,6 +65,14 @@ class Components:
             from bots.queue.executor import CeleryExecutor
 
             self.executor = CeleryExecutor(settings, blobs)
+            drop_here, tell_workers = self.memory.forget_photo, self.executor.forget_photo
+
+            def forget_photo(image: bytes) -> None:
+                if drop_here is not None:
+                    drop_here(image)  # the caches on this machine's disk
+                tell_workers(image)  # the workers' renderers, in memory and on their disks
+
+            self.memory.forget_photo = forget_photo
         elif self.executor is None:
             assert self.pipeline is not None, "embedded mode needs the pipeline or an executor"
             self.executor = InProcessExecutor(self.pipeline, blobs, self.service.pool)

@@ -21,6 +21,8 @@ from bots.queue.worker import DELIVERIES_KEY
 from bots.runtime import Components
 from pipeline.config import PROJECT_ROOT, Settings, load_settings
 from pipeline.errors import WorkerCrashed
+from pipeline.render.registry import avatar_cache_dir
+from pipeline.render.warp import landmark_cache_files
 from tests.helpers import probe_mp4
 from tests.redis_server import RedisServer
 from tests.test_llm import FakeOpenAIServer
@@ -39,6 +41,19 @@ class SlowOpenAIServer(FakeOpenAIServer):
             original(this, data)
 
         handler._chunk = slow_chunk  # type: ignore[attr-defined]
+
+
+def worker_env(env: dict[str, str], tmp: Path) -> dict[str, str]:
+    """A worker as on a machine of its own: its own data folder (caches), the bots' database and
+    blob folder (what deployment.md says must be shared)."""
+    from memory.db import sqlite_url
+
+    data = Path(env["TALKTWIN_PATHS__DATA_DIR"])
+    return env | {
+        "TALKTWIN_PATHS__DATA_DIR": str(tmp / "worker-data"),
+        "TALKTWIN_QUEUE__BLOB_DIR": str(data / "blobs"),
+        "TALKTWIN_MEMORY__DATABASE_URL": sqlite_url(data),
+    }
 
 
 def queue_settings(redis_url: str, llm_url: str, tmp: Path) -> tuple[Settings, dict[str, str]]:
@@ -104,7 +119,7 @@ def test_queue_mode_replies_on_a_worker_and_a_killed_worker_costs_one_retry(
 ):
     with SlowOpenAIServer(["Hello", " from", " a", " worker."], delay_s=0.5) as llm:
         settings, env = queue_settings(redis_server.url, llm.base_url, tmp_path)
-        worker = WorkerProcess(env, tmp_path / "worker.log")
+        worker = WorkerProcess(worker_env(env, tmp_path), tmp_path / "worker.log")
         components = Components.load(settings)
         try:
             assert components.pipeline is None  # the bots' side loads no model
@@ -142,6 +157,20 @@ def test_queue_mode_replies_on_a_worker_and_a_killed_worker_costs_one_retry(
                     await asyncio.wait_for(running, 180)
                 deliveries = redis.Redis.from_url(redis_server.url).keys(DELIVERIES_KEY.format("*"))
                 assert deliveries
+
+                # 4. /forget reaches the worker: what it derived from the user's photo, on its own disk
+                photo = (PROJECT_ROOT / "tests" / "data" / "hard_photos" / "tilted.jpg").read_bytes()
+                await asyncio.to_thread(components.executor.check_photo, photo)  # prepared there
+                worker_settings = load_settings(environ=worker_env(env, tmp_path))
+                cached = landmark_cache_files(avatar_cache_dir(worker_settings), photo)
+                assert cached and not landmark_cache_files(avatar_cache_dir(settings), photo)
+                components.memory.set_avatar("http:dave", photo)
+                await core.forget("http:dave")
+                for _ in range(100):
+                    if not any(path.exists() for path in cached):
+                        break
+                    await asyncio.sleep(0.1)
+                assert not any(path.exists() for path in cached)
 
             asyncio.run(scenario())
         finally:

@@ -15,6 +15,8 @@ from pipeline.config import Settings
 
 REPLY_TASK = "talktwin.reply"
 CHECK_PHOTO_TASK = "talktwin.check_photo"
+# Redis pub/sub channel: a photo a user forgot, for every worker to drop what it derived from it
+FORGET_PHOTO_CHANNEL = "talktwin:forget-photo"
 QUEUE = "talktwin"
 
 

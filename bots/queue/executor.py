@@ -17,7 +17,7 @@ from celery import Celery
 
 from bots.core.blobs import FolderBlobStore
 from bots.core.reply_job import ReplyJob, ReplyOutcome
-from bots.queue.celery_app import CHECK_PHOTO_TASK, REPLY_TASK, make_app
+from bots.queue.celery_app import CHECK_PHOTO_TASK, FORGET_PHOTO_CHANNEL, REPLY_TASK, make_app
 from bots.queue.worker import CANCEL_KEY
 from pipeline.cancel import CancelToken, TookTooLong
 from pipeline.config import Settings
@@ -64,6 +64,16 @@ class CeleryExecutor:
         finally:
             await asyncio.to_thread(self.redis.delete, key)
         return ReplyOutcome.from_json(json.dumps(value["outcome"]))
+
+    def forget_photo(self, image: bytes) -> None:
+        """Have every worker drop what its renderers derived from `image`, in memory and in its own
+        data folder (a worker on another machine has its own). Published once: a worker that is
+        down now has lost its memory anyway, and finds only its disk caches (see deployment.md)."""
+        try:
+            receivers = self.redis.publish(FORGET_PHOTO_CHANNEL, image)
+            log.info("forgotten photo sent to %d worker process(es)", receivers)
+        except redis.RedisError as e:
+            log.warning("could not tell the workers to forget a photo: %s", e)
 
     def check_photo(self, image: bytes) -> None:
         """Check a new avatar on a worker (where the face detector is); blocking, run off the loop."""

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +22,7 @@ from celery.signals import worker_process_init
 from bots.core.blobs import blob_store
 from bots.core.execution import execute
 from bots.core.reply_job import ReplyJob
-from bots.queue.celery_app import CHECK_PHOTO_TASK, REPLY_TASK, make_app
+from bots.queue.celery_app import CHECK_PHOTO_TASK, FORGET_PHOTO_CHANNEL, REPLY_TASK, make_app
 from pipeline.cancel import CancelToken
 from pipeline.config import Settings
 from pipeline.errors import TalkTwinError, WorkerCrashed
@@ -42,6 +43,9 @@ class _Loaded:
         self.pipeline.warm_up()  # the default avatar, as in embedded mode: not on the first job's clock
         self.blobs = blob_store(settings)
         self.redis = redis.Redis.from_url(settings.queue.broker_url)
+        threading.Thread(
+            target=_forget_photos, args=(settings, self.redis), name="forget-photos", daemon=True
+        ).start()
         # Celery's "ready." comes from its main process, before this child has loaded anything
         log.info("worker process %d: models loaded, taking replies", os.getpid())
 
@@ -97,6 +101,23 @@ def register_tasks(app: Celery, settings: Settings) -> Callable[[], _Loaded]:
 def _error(error: TalkTwinError) -> str:
     params = {k: v for k, v in error.params.items() if isinstance(v, (str, int, float, bool))}
     return json.dumps({"error": error.code, "detail": str(error), "params": params})
+
+
+def _forget_photos(settings: Settings, client: redis.Redis) -> None:
+    """Drop what this process's renderers derived from photos users forgot, as the bots' side
+    announces them (`CeleryExecutor.forget_photo`): in memory, and in this worker's data folder."""
+    from pipeline.render.registry import forget_photo
+
+    while True:
+        try:
+            listener = client.pubsub(ignore_subscribe_messages=True)
+            listener.subscribe(FORGET_PHOTO_CHANNEL)
+            for message in listener.listen():
+                forget_photo(settings, message["data"])
+                log.info("worker process %d: dropped a forgotten photo's caches", os.getpid())
+        except Exception as e:  # Redis gone for a while: listen again when it is back
+            log.warning("forgotten photos: %s; listening again in 5 s", e)
+            time.sleep(5)
 
 
 def _watch_cancel(client: redis.Redis, task_id: str, token: CancelToken, done: threading.Event) -> None:
