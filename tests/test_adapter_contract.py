@@ -6,16 +6,13 @@ avatar and has no /forget) is not parametrized for that scenario. Everything beh
 real (TTS, renderer at 256 px, encoder, memory, job ledger) except the chat model, a rule-based one
 that recalls "my name is X" from the user's conversation.
 
-A defect this suite found and nobody has fixed yet is listed by platform (`Known`): that run must
-fail in exactly that way (a strict xfail on a dedicated exception), so it turns red once fixed and
-any other breakage on that platform still fails it.
+A broken promise fails with a dedicated exception (`NotAReply`, `AnsweredTwice`) that names it.
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -52,31 +49,9 @@ class AnsweredTwice(AssertionError):
     """One message, delivered more than once, got more than one answer."""
 
 
-@dataclass(frozen=True)
-class Known:
-    """A defect this suite found and that is not fixed yet: the run is expected to fail with `raises`
-    (strictly: once fixed, it fails until the entry goes); any other failure still fails it."""
-
-    raises: type[AssertionError]
-    reason: str
-
-
-def platforms(*needs: str, known: dict[str, Known] | None = None) -> list:
-    """The drivers whose platform can play a scenario that needs `needs` (`known`: by platform)."""
-    known = known or {}
-    return [
-        pytest.param(
-            cls,
-            id=cls.name,
-            marks=[
-                pytest.mark.xfail(raises=known[cls.name].raises, strict=True, reason=known[cls.name].reason)
-            ]
-            if cls.name in known
-            else [],
-        )
-        for cls in DRIVERS
-        if set(needs) <= cls.supports
-    ]
+def platforms(*needs: str) -> list:
+    """The drivers whose platform can play a scenario that needs `needs`."""
+    return [pytest.param(cls, id=cls.name) for cls in DRIVERS if set(needs) <= cls.supports]
 
 
 def check_reply(d: Driver, item: Media | Text, sent: Sent) -> None:
