@@ -19,9 +19,11 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Literal, NoReturn
 
-from pipeline.config import Settings, load_settings
+from pydantic import Field
+
+from pipeline.config import Section, Settings, load_settings, register_section, section
 from pipeline.errors import ConfigError, TalkTwinError
 
 if TYPE_CHECKING:
@@ -35,6 +37,29 @@ if TYPE_CHECKING:
 log = logging.getLogger("talktwin")
 SPEECH_SUFFIXES = (".wav", ".ogg", ".opus")
 ENGINES = ("edge", "piper", "espeak", "mandarin")
+
+
+class CliSettings(Section):
+    """`[cli]`: what `reply` makes when --format does not say, and how long its video note may be.
+
+    A file has no ordinary video to fall back on, so a video note is made to fit: square frames, cut
+    at the last sentence within `video_note_max_seconds`. Registered here, by the adapter that reads
+    it (the pipeline knows no video notes); these keys lived in [output] before and are still read.
+    """
+
+    format: Literal["video_note", "video"]
+    video_note_max_seconds: float = Field(gt=0, le=60)
+
+    @classmethod
+    def of(cls, settings: Settings) -> CliSettings:
+        return section(settings, "cli", cls)
+
+
+register_section(
+    "cli",
+    CliSettings,
+    moved_from={"output.format": "format", "output.video_note_max_seconds": "video_note_max_seconds"},
+)
 
 
 class BadArgument(Exception):
@@ -268,11 +293,10 @@ def cli_capabilities(settings: Settings) -> Capabilities:
     sentence to its length) as well as any other; no upload to fit."""
     from bots.core.messages import Capabilities, RoundVideo
 
-    output = settings.output
     return Capabilities(
         max_upload_mb=settings.limits.max_upload_mb,
         text_limit=1 << 20,
-        round_video=RoundVideo(max_seconds=output.video_note_max_seconds),
+        round_video=RoundVideo(max_seconds=CliSettings.of(settings).video_note_max_seconds),
     )
 
 
@@ -291,26 +315,21 @@ async def _reply(
     from bots.core.execution import InProcessExecutor
 
     core = components.core
-    spec = output_for(args.format or settings.output.format, cli_capabilities(settings), core.frame)
+    spec = output_for(args.format or CliSettings.of(settings).format, cli_capabilities(settings), core.frame)
+    if spec.round:  # a file has no ordinary video to fall back on: made to fit the video note
+        spec = replace(spec, square=True, longest_s=spec.max_seconds)
     if shown is not None:
         shown.format = "video_note" if spec.round else spec.kind
         core.executor = InProcessExecutor(shown, core.blobs, components.service.pool)
-    job = await core.new_job(
-        args.user, args.user, spec, text=args.text, audio=audio, subtitles=args.subtitles
+    job = await core.new_job(  # --avatar is for this reply only: the job's own blob, dropped with it
+        args.user, args.user, spec, text=args.text, audio=audio, avatar=avatar, subtitles=args.subtitles
     )
-    own_avatar = core.blobs.put(avatar) if avatar is not None else None
-    try:
-        if own_avatar is not None:  # for this reply only: a blob of the job's own (new_job would keep it)
-            job = replace(job, avatar=own_avatar)
-        return await core.run(job)
-    finally:
-        core.blobs.delete(own_avatar)
+    return await core.run(job)
 
 
 class _Shown:
     """The pipeline as the core's executor calls it, plus what the command line shows: its progress
-    lines, the voices used, and a video note cut to its length (the executor passes the spec's kind
-    only, and a ReplyOutcome has no voices)."""
+    lines and the voices used (a ReplyOutcome has no voices)."""
 
     def __init__(self, pipeline: ReplyPipeline) -> None:
         self.pipeline = pipeline
@@ -318,9 +337,7 @@ class _Shown:
         self.engines: tuple[str, ...] = ()
 
     def reply(self, request: ReplyRequest, out: Path) -> ReplyResult:
-        from dataclasses import replace
-
-        result = self.pipeline.reply(replace(request, format=self.format), out, on_progress=_show_progress)
+        result = self.pipeline.reply(request, out, on_progress=_show_progress)
         self.engines = result.tts_engines
         return result
 

@@ -76,6 +76,7 @@ class MemoryStore:
         # what the persona, the answer and the question framing leave for memory
         self.budget = max(context_tokens - reserved_tokens - _PROMPT_OVERHEAD, 64)
         self.recent_turns, self.summarize = recent_turns, summarize and chat_model is not None
+        self._summaries_wanted = summarize
         self.summary_max_tokens = summary_max_tokens
         self.notes_share, self.knowledge_share = notes_budget, knowledge_budget
         # Drops what the renderers derived from a photo (caches in memory and on disk), every backend's.
@@ -83,6 +84,13 @@ class MemoryStore:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memory-summary")
         self._pending: dict[str, Future[None]] = {}
         self._lock = threading.RLock()  # orders summary writes against reset/forget
+
+    def summarize_with(self, chat_model: ChatModel) -> None:
+        """Let `chat_model` write the rolling summaries (when `summarize` is on). The application
+        builds the store before the models load and hands it to the pipeline, whose chat model comes
+        here once it exists (bots/core/execution.py `load_pipeline`)."""
+        self.chat_model = chat_model
+        self.summarize = self._summaries_wanted
 
     @classmethod
     def from_settings(

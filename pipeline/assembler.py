@@ -4,12 +4,13 @@ Per sentence: speech (TTS), then the sentence is fed to the reply's render sessi
 that makes ready are streamed into the H.264 encoder (all of them for a per-sentence renderer; a
 whole-utterance renderer hands its frames over when the session finishes). The audio of all sentences
 is joined and muxed at the end. The output format decides how far it goes:
-"video_note" / "video" (mp4), "voice" (OGG/Opus, no rendering) or "text" (no speech at all).
+"video" (mp4), "voice" (OGG/Opus, no rendering) or "text" (no speech at all).
 
-Frame size: "video" uses the prepared avatar's frame as it is (the square face crop, or the whole
-photo with `render.frame = "photo"`); "video_note" always uses the square face crop, because Telegram
-shows video notes as a circle cut from a square (render/variants.py). The subtitle burner is fitted to
-whichever frame size results.
+Frame size: a video uses the prepared avatar's frame as it is (the square face crop, or the whole
+photo with `render.frame = "photo"`), or the square face crop when the caller asks for `square`
+frames (a display that cuts a circle from a square, render/variants.py). The subtitle burner is
+fitted to whichever frame size results. `max_seconds` is the longest reply: the speech stops at the
+last sentence that fits (`truncated`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from pipeline.types import Audio, Speech, StageTimings, VoiceSettings
 
 OUTPUT_SAMPLE_RATE = 24000
 SENTENCE_PAUSE_S = 0.12  # breath between sentences
-FORMATS = ("video_note", "video", "voice", "text")
+FORMATS = ("video", "voice", "text")
 
 
 class ReplyAssembler:
@@ -55,10 +56,11 @@ class ReplyAssembler:
         subtitles: SubtitleBurner | None,
         timings: StageTimings,
         token: CancelToken | None = None,
+        square: bool = False,
     ) -> None:
         if fmt not in FORMATS:
             raise ValueError(f"unknown reply format {fmt!r}")
-        if avatar is not None and fmt == "video_note":
+        if avatar is not None and square:
             avatar = square_avatar(avatar)
         if avatar is not None and subtitles is not None:
             subtitles = subtitles.resized(*frame_size(avatar))
@@ -80,7 +82,7 @@ class ReplyAssembler:
         self._chunks: list[np.ndarray] = []  # audio at OUTPUT_SAMPLE_RATE
         self._writer = None
         self._session = None
-        if fmt in ("video_note", "video"):
+        if fmt == "video":
             assert avatar is not None, "video replies need a prepared avatar"
             width, height = frame_size(avatar)
             self._session = renderer.session(avatar, fps=fps)

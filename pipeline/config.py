@@ -4,6 +4,10 @@
 Every setting is documented in config/default.toml. Secrets never live in these files: settings that
 need one name the environment variable that holds it (`api_key_env`). A bad value or an unknown key
 fails at start with a ConfigError that names the key, e.g. `llm.temperature: ...`.
+
+The pipeline knows no platform: the sections of the application around it ([telegram], [discord],
+[cli]) are declared where they are read and join the settings through `register_section`, as a
+renderer backend's own section joins [render] (pipeline/render/registry.py).
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ import logging
 import os
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -36,22 +41,24 @@ ENV_PREFIX = "TALKTWIN_"
 log = logging.getLogger(__name__)
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
+    """Base of every settings section: unknown keys fail (naming them), values never change."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class PathSettings(_Section):
+class PathSettings(Section):
     data_dir: Path
     checkpoints_dir: Path
 
 
-class LimitSettings(_Section):
+class LimitSettings(Section):
     max_audio_seconds: float = Field(gt=0)
     max_upload_mb: float = Field(gt=0)
     max_text_chars: int = Field(gt=0)
 
 
-class ReplySettings(_Section):
+class ReplySettings(Section):
     overlap: Literal["auto", "on", "off"]
     max_queue: int = Field(ge=1)
     workers: int = Field(ge=0, le=64)
@@ -64,7 +71,7 @@ class ReplySettings(_Section):
     nice: int = Field(ge=0, le=19)
 
 
-class AsrSettings(_Section):
+class AsrSettings(Section):
     backend: Literal["whisper"]
     model: str
     device: Literal["auto", "cpu", "cuda"]
@@ -74,7 +81,7 @@ class AsrSettings(_Section):
     threads: int = Field(ge=0)
 
 
-class LlmSettings(_Section):
+class LlmSettings(Section):
     backend: Literal["llamacpp", "openai", "transformers"]
     model: str
     base_url: str
@@ -88,7 +95,7 @@ class LlmSettings(_Section):
     persona_zh: str
 
 
-class TtsSettings(_Section):
+class TtsSettings(Section):
     backend: Literal["auto", "edge", "piper", "espeak", "mandarin"]
     edge_timeout_s: float = Field(gt=0)
     edge_retries: int = Field(ge=0, le=5)
@@ -111,7 +118,7 @@ RENDER_SIZES = (256, 384, 512, 640)
 MOVED_RENDER_KEYS = {"seed": "warp"}
 
 
-class BackendSettings(_Section):
+class BackendSettings(Section):
     """Base of a renderer backend's own section, `[render.<name>]`, declared by the backend's module.
 
     The section joins the settings when the backend registers (pipeline/render/registry.py), so a new
@@ -119,7 +126,7 @@ class BackendSettings(_Section):
     """
 
 
-class RenderSettings(_Section):
+class RenderSettings(Section):
     """Settings every renderer backend honours; each backend's own are in `[render.<backend>]`."""
 
     backend: str
@@ -170,17 +177,18 @@ class RenderSettings(_Section):
         return section if isinstance(section, BackendSettings) else BackendSettings()
 
 
-class OutputSettings(_Section):
-    format: Literal["video_note", "video"]
+class OutputSettings(Section):
+    """How replies are encoded. Their shape (kind, square frames, longest duration) comes with each
+    request: it is the caller's to decide (bots/core/reply_job.py `OutputSpec`)."""
+
     subtitles: bool
     font: str
     crf: int = Field(ge=0, le=51)
     preset: str
     audio_bitrate_k: int = Field(ge=16, le=320)
-    video_note_max_seconds: float = Field(gt=0, le=60)
 
 
-class MemorySettings(_Section):
+class MemorySettings(Section):
     database_url: str
     recent_turns: int = Field(ge=0, le=50)
     summarize: bool
@@ -190,7 +198,7 @@ class MemorySettings(_Section):
     group_shared: bool
 
 
-class KnowledgeSettings(_Section):
+class KnowledgeSettings(Section):
     enabled: bool
     shared_folder: str
     chunk_size: int = Field(ge=100, le=4000)
@@ -203,22 +211,7 @@ class KnowledgeSettings(_Section):
     chroma_url: str
 
 
-class TelegramSettings(_Section):
-    webhook_listen: str
-    webhook_port: int = Field(ge=1, le=65535)
-    max_pending: int = Field(ge=1, le=20)
-    rate_limit_per_minute: int = Field(ge=1)
-    progress_after_s: float = Field(ge=0)
-
-
-class DiscordSettings(_Section):
-    message_content_intent: bool
-    max_pending: int = Field(ge=1, le=20)
-    cooldown_s: float = Field(ge=0)
-    upload_limit_mb: float = Field(gt=0)
-
-
-class QueueSettings(_Section):
+class QueueSettings(Section):
     broker_url: str
     blob_dir: str
     worker_concurrency: int = Field(ge=0, le=32)
@@ -226,7 +219,7 @@ class QueueSettings(_Section):
     max_deliveries: int = Field(ge=1, le=10)
 
 
-class LiveSettings(_Section):
+class LiveSettings(Section):
     """`[live]`: live conversations over WebRTC (bots/live, pipeline/live)."""
 
     enabled: bool
@@ -250,7 +243,7 @@ class LiveSettings(_Section):
         return size
 
 
-class Settings(_Section):
+class Settings(Section):
     paths: PathSettings
     limits: LimitSettings
     reply: ReplySettings
@@ -261,10 +254,9 @@ class Settings(_Section):
     output: OutputSettings
     memory: MemorySettings
     knowledge: KnowledgeSettings
-    telegram: TelegramSettings
-    discord: DiscordSettings
     queue: QueueSettings
     live: LiveSettings
+    # and a field per registered section (`register_section`): read them with `section()`
 
     def resolve(self, path: str | Path) -> Path:
         """A configured path, relative ones taken from the project root (not the working dir)."""
@@ -308,25 +300,107 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
+S = TypeVar("S", bound=Section)
+
+
+@dataclass(frozen=True)
+class _Registered:
+    model: type[Section]
+    moved_from: tuple[tuple[str, str], ...]  # ("output.format", "format"): an old key read here
+
+
+_REGISTERED: dict[str, _Registered] = {}
+
+
+def register_section(name: str, model: type[Section], *, moved_from: Mapping[str, str] | None = None) -> None:
+    """Add the section `[name]`, checked by `model`, for a part of the application the pipeline does
+    not know (an adapter's own behaviour, such as [telegram]).
+
+    Registered before settings are loaded (bots/__init__.py registers the adapters' sections when
+    `bots` is imported), the section is checked with the rest: an unknown key fails at start, naming
+    it. A section of config/default.toml that no module of this process registered is carried along
+    unchecked, so a process that runs the pipeline alone reads the same files. `moved_from` maps keys
+    that lived in another section before, such as {"output.format": "format"}: still read, with a
+    warning, so that an old settings file keeps working. Registering the same model again is a no-op.
+    """
+    if name in Settings.model_fields:
+        raise ValueError(f"[{name}] is one of the pipeline's own sections")
+    registered = _Registered(model, tuple((moved_from or {}).items()))
+    earlier = _REGISTERED.setdefault(name, registered)
+    if earlier.model is not model:
+        raise ValueError(f"[{name}] is registered already, by {earlier.model.__module__}")
+
+
+def section(settings: Settings, name: str, model: type[S]) -> S:
+    """The registered section `[name]` of `settings`, typed (`section(settings, "telegram",
+    TelegramSettings)`). Settings loaded before the section was registered carry it unchecked: it is
+    checked here instead, and a bad key fails the same way, naming it."""
+    value = getattr(settings, name, None)
+    if isinstance(value, model):
+        return value
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"[{name}]: no such settings section (is it in config/default.toml?)")
+    try:
+        return model.model_validate(value)
+    except ValidationError as e:
+        raise ConfigError(_problems(e, f"{name}.")) from None
+
+
+def _problems(error: ValidationError, where: str = "") -> str:
+    found = "; ".join(
+        f"{where}{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in error.errors()
+    )
+    return f"bad setting: {found}"
+
+
+@functools.cache
+def _default_sections() -> frozenset[str]:
+    with DEFAULT_CONFIG.open("rb") as f:
+        return frozenset(name for name, value in tomllib.load(f).items() if isinstance(value, dict))
+
+
 def _settings_model() -> type[Settings]:
-    """Settings whose [render] also has each registered backend's own section."""
+    """Settings with each registered section, and whose [render] has each registered backend's own."""
     from pipeline.render.registry import backends
 
-    return _with_backend_sections(
-        tuple((b.name, b.settings) for b in backends().values() if b.settings is not None)
+    registered = tuple((name, r.model) for name, r in _REGISTERED.items())
+    unregistered = _default_sections() - set(Settings.model_fields) - set(_REGISTERED)
+    return _with_sections(
+        tuple((b.name, b.settings) for b in backends().values() if b.settings is not None),
+        registered,
+        tuple(sorted(unregistered)),
     )
 
 
 @functools.cache
-def _with_backend_sections(sections: tuple[tuple[str, type[BackendSettings]], ...]) -> type[Settings]:
+def _with_sections(
+    backend_sections: tuple[tuple[str, type[BackendSettings]], ...],
+    registered: tuple[tuple[str, type[Section]], ...],
+    unregistered: tuple[str, ...],
+) -> type[Settings]:
     fields: dict[str, Any] = {}
-    for name, model in sections:
+    for name, model in backend_sections:
         try:
             fields[name] = (model, model())  # a section whose keys all have defaults may be left out
         except ValidationError:
             fields[name] = (model, ...)
     render = create_model("RenderSettings", __base__=RenderSettings, **fields)
-    return create_model("Settings", __base__=Settings, render=(render, ...))
+    sections: dict[str, Any] = {name: (model, ...) for name, model in registered}
+    sections.update({name: (dict[str, Any], Field(default_factory=dict)) for name in unregistered})
+    return create_model("Settings", __base__=Settings, render=(render, ...), **sections)
+
+
+def _move_registered_keys(data: dict[str, Any]) -> dict[str, Any]:
+    """Keys that moved into a registered section, read from where they were (with a warning)."""
+    for name, registered in _REGISTERED.items():
+        for old, key in registered.moved_from:
+            where, _, old_key = old.partition(".")
+            before = data.get(where)
+            if isinstance(before, Mapping) and old_key in before:
+                log.warning("%s has moved to %s.%s; please update your settings", old, name, key)
+                data[where] = {k: v for k, v in before.items() if k != old_key}
+                data[name] = {**data.get(name, {}), key: before[old_key]}
+    return data
 
 
 def _import_plugins(modules: object) -> list[str]:
@@ -365,11 +439,10 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
                 data = _merge(data, tomllib.load(f), "")
         except (OSError, tomllib.TOMLDecodeError) as e:
             raise ConfigError(f"cannot read config file {path}: {e}") from e
-    data = _merge(data, _env_overrides(environ), "")
+    data = _move_registered_keys(_merge(data, _env_overrides(environ), ""))
     if isinstance(data.get("render"), dict):
         data["render"]["plugins"] = _import_plugins(data["render"].get("plugins", []))
     try:
         return _settings_model().model_validate(data)
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
-        raise ConfigError(f"bad setting: {problems}") from None
+        raise ConfigError(_problems(e)) from None

@@ -28,7 +28,7 @@ from pipeline.asr.base import SpeechRecognizer
 from pipeline.assembler import ReplyAssembler
 from pipeline.cancel import CancelToken
 from pipeline.config import Settings
-from pipeline.context import ConversationContext, KnowledgeSearch, ReplyContext
+from pipeline.context import ConversationContext, ReplyContext
 from pipeline.errors import ChatModelCrashed, EmptyText, TextTooLong
 from pipeline.llm.base import ChatMessage, ChatModel, ChatStream
 from pipeline.media.audio_input import decode_audio
@@ -53,7 +53,10 @@ class ReplyRequest:
     audio: bytes | Path | None = None
     avatar: bytes | None = None  # the user's photo; None = the default avatar
     voice: VoiceSettings | None = None  # None = the configured default
-    format: str | None = None  # "video_note" | "video" | "voice" | "text"; None = configured
+    format: str = "video"  # "video" | "voice" | "text"
+    # The video's shape, as the caller needs it (a platform's round video: square, length-capped):
+    square: bool = False  # square frames (the face crop), whatever render.frame says
+    max_seconds: float | None = None  # the longest answer: spoken up to the last sentence that fits
     subtitles: bool | None = None  # None = configured
     conversation: str = ""  # memory thread, e.g. "telegram:-100123:42" in a group; "" = the user's own
     cancel: CancelToken | None = None  # lets the adapter stop the reply (a /cancel command)
@@ -73,8 +76,9 @@ class ReplyResult:
     duration: float
     transcript: Transcript | None = None
     truncated: bool = False  # part of the answer is not spoken; `truncation` says why
-    # "video_note": cut at a sentence to fit a video note; "token_limit" / "time_limit": the model was
-    # stopped mid-sentence (max_tokens, llm_timeout_s) and that unfinished sentence was dropped
+    # "max_seconds": cut at a sentence to fit the request's max_seconds; "token_limit" / "time_limit":
+    # the model was stopped mid-sentence (max_tokens, llm_timeout_s) and that unfinished sentence was
+    # dropped
     truncation: str = ""
     tts_engines: tuple[str, ...] = ()
     timings: StageTimings = field(default_factory=StageTimings)
@@ -108,15 +112,14 @@ class ReplyPipeline:
         settings: Settings,
         *,
         context: ConversationContext | None = None,
-        knowledge: KnowledgeSearch | None = None,
     ) -> ReplyPipeline:
         """Build every stage as configured (models are loaded here, once).
 
-        Without `context`, conversations go to the persistent MemoryStore (which the chat model also
-        summarises for), with the knowledge base when it is enabled (`knowledge`: one reached
-        elsewhere, such as the service's own when the models run in a process of their own).
+        `context` is where conversations are kept and knowledge comes from. The application builds
+        it (bots/core/execution.py `load_pipeline`: the persistent MemoryStore, shared with the
+        service, over the knowledge base it reaches), so the pipeline opens no database of its own.
+        Without one (callers not moved yet), the MemoryStore is still opened here.
         """
-        from memory.store import MemoryStore
         from pipeline.asr.whisper import WhisperRecognizer
         from pipeline.llm.factory import build_chat_model
         from pipeline.render.factory import build_renderer
@@ -124,6 +127,10 @@ class ReplyPipeline:
 
         asr = settings.asr
         chat_model = build_chat_model(settings)
+        if context is None:  # transitional, until every caller passes the application's store
+            from memory.store import MemoryStore
+
+            context = MemoryStore.from_settings(settings, chat_model=chat_model)
         return cls(
             settings,
             recognizer=WhisperRecognizer(
@@ -137,8 +144,7 @@ class ReplyPipeline:
             chat_model=chat_model,
             synthesizer=build_synthesizer(settings),
             renderer=build_renderer(settings),
-            context=context
-            or MemoryStore.from_settings(settings, chat_model=chat_model, knowledge=knowledge),  # type: ignore[arg-type]
+            context=context,
         )
 
     # ------------------------------------------------------------------ public API
@@ -230,9 +236,9 @@ class ReplyPipeline:
         self, request: ReplyRequest, language: str, out_path: Path, timings: StageTimings, token: CancelToken
     ) -> ReplyAssembler:
         out_cfg = self.settings.output
-        fmt = request.format or out_cfg.format
+        fmt = request.format
         avatar = None
-        if fmt in ("video_note", "video"):
+        if fmt == "video":
             t0 = time.perf_counter()
             avatar = self.prepare_avatar(request.avatar)
             timings.add("avatar", time.perf_counter() - t0)
@@ -247,7 +253,8 @@ class ReplyPipeline:
             avatar=avatar,
             out_path=out_path,
             fps=self.settings.render.fps,
-            max_seconds=out_cfg.video_note_max_seconds if fmt == "video_note" else float("inf"),
+            max_seconds=request.max_seconds or float("inf"),
+            square=request.square,
             writer_options={
                 "crf": out_cfg.crf,
                 "preset": out_cfg.preset,
@@ -418,7 +425,7 @@ class ReplyPipeline:
             language=assembler.language,
             duration=assembler.seconds,
             truncated=assembler.truncated,
-            truncation="video_note" if assembler.truncated else "",
+            truncation="max_seconds" if assembler.truncated else "",
             tts_engines=tuple(sorted(assembler.engines)),
             timings=assembler.timings,
         )

@@ -72,7 +72,7 @@ def test_reply_runs_through_the_service_composition_and_core(
     from pipeline.orchestrator import ReplyPipeline
     from tests.helpers import NoRecognizer, ScriptedChat
 
-    def scripted(settings, *, context=None) -> ReplyPipeline:
+    def scripted(settings, *, context=None) -> ReplyPipeline:  # over the store the service built
         synthesizer, renderer = stages
         return ReplyPipeline(
             settings,
@@ -80,7 +80,7 @@ def test_reply_runs_through_the_service_composition_and_core(
             chat_model=ScriptedChat("Paris, of course."),
             synthesizer=synthesizer,
             renderer=renderer,
-            context=MemoryStore.from_settings(settings),
+            context=context or MemoryStore.from_settings(settings),
         )
 
     monkeypatch.setattr(ReplyPipeline, "from_settings", scripted)

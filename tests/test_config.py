@@ -8,6 +8,8 @@ from pipeline.errors import ConfigError
 
 
 def test_defaults_load_and_document_every_setting():
+    import bots  # noqa: F401  registers the adapters' sections: documented like the pipeline's
+
     s = load_settings(environ={})
     assert s.llm.backend == "llamacpp"
     assert s.tts.backend == "auto"
@@ -103,3 +105,53 @@ def test_settings_load_without_torch():
         [sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "False"
+
+
+def test_adapter_sections_are_checked_and_overridden_like_the_pipelines():
+    """[telegram], [discord] and [cli] are declared by the adapters (bots/), not by pipeline/config.py:
+    the env overrides and the refusal of unknown keys are as for any section."""
+    from bots.cli import CliSettings
+    from bots.discord.settings import DiscordSettings
+    from bots.telegram.settings import TelegramSettings
+
+    s = load_settings(environ={"TALKTWIN_TELEGRAM__MAX_PENDING": "5", "TALKTWIN_DISCORD__COOLDOWN_S": "0"})
+    assert TelegramSettings.of(s).max_pending == 5 and DiscordSettings.of(s).cooldown_s == 0
+    assert CliSettings.of(s).format == "video_note" and CliSettings.of(s).video_note_max_seconds == 60
+    with pytest.raises(ConfigError, match=r"telegram\.max_pendng"):
+        load_settings(environ={"TALKTWIN_TELEGRAM__MAX_PENDNG": "5"})
+    with pytest.raises(ConfigError, match=r"discord\.max_pending"):
+        load_settings(environ={"TALKTWIN_DISCORD__MAX_PENDING": "0"})
+    with pytest.raises(ConfigError, match=r"unknown_section"):
+        load_settings(environ={"TALKTWIN_UNKNOWN_SECTION__KEY": "1"})
+
+
+def test_keys_that_moved_out_of_output_are_still_read(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    from bots.cli import CliSettings
+
+    cfg = tmp_path / "old.toml"
+    cfg.write_text('[output]\nformat = "video"\nvideo_note_max_seconds = 30\n')
+    s = CliSettings.of(load_settings(cfg, environ={}))
+    assert (s.format, s.video_note_max_seconds) == ("video", 30)
+    assert "output.format has moved to cli.format" in caplog.text
+    assert CliSettings.of(load_settings(environ={"TALKTWIN_OUTPUT__FORMAT": "video"})).format == "video"
+
+
+def test_the_pipeline_alone_reads_the_same_files():
+    """A process that never imports bots (a benchmark of the pipeline) loads the same config files:
+    the adapters' sections are carried along unchecked, and checked when an adapter reads them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from pipeline.config import load_settings as L, section; "
+        "s = L(environ={'TALKTWIN_TELEGRAM__MAX_PENDING': 'many'}); "
+        "print('bots' in sys.modules, s.telegram['max_pending']); "
+        "from bots.telegram.settings import TelegramSettings as T\n"
+        "try: T.of(s)\nexcept Exception as e: print(type(e).__name__, e)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+    )
+    first, second = out.stdout.strip().splitlines()
+    assert first == "False many"
+    assert second.startswith("ConfigError bad setting: telegram.max_pending:")

@@ -203,15 +203,17 @@ class _ToneTTS:
         return Speech(text, language, Audio(samples, 16000), engine="tone")
 
 
-@pytest.mark.parametrize(("fmt", "size"), [("video", (218, 256)), ("video_note", (256, 256))])
-def test_assembler_frames_photo_mode_and_keeps_video_notes_square(tmp_path: Path, fmt: str, size: tuple):
+@pytest.mark.parametrize(("square", "size"), [(False, (218, 256)), (True, (256, 256))])
+def test_assembler_frames_photo_mode_or_the_square_crop(tmp_path: Path, square: bool, size: tuple):
+    """A reply asked for with square frames (a round video) uses the face crop in photo mode too."""
     from pipeline.assembler import ReplyAssembler
     from pipeline.render.warp import WarpRenderer
 
     renderer = WarpRenderer(device="cpu", frame="photo")
     avatar = renderer.prepare((PROJECT_ROOT / "assets" / "grace_hopper.jpg").read_bytes(), 256)
     assembler = ReplyAssembler(
-        fmt=fmt,
+        fmt="video",
+        square=square,
         language="en",
         voice=VoiceSettings(),
         synthesizer=_ToneTTS(),

@@ -98,26 +98,13 @@ def test_memory_carries_turns_per_conversation_only(hermetic: ReplyPipeline, tmp
     assert not any("Ada" in m.content for m in hermetic.chat_model.calls[0])
 
 
-def test_video_note_is_cut_at_a_sentence_to_fit_its_limit(tmp_path: Path, hermetic: ReplyPipeline):
-    short = ReplyPipeline(
-        load_settings(
-            environ={
-                "TALKTWIN_OUTPUT__VIDEO_NOTE_MAX_SECONDS": "4",
-                "TALKTWIN_RENDER__SIZE": "256",
-                "TALKTWIN_PATHS__DATA_DIR": str(tmp_path),
-            }
-        ),
-        recognizer=NoRecognizer(),
-        chat_model=ScriptedChat(""),
-        synthesizer=hermetic.synthesizer,
-        renderer=hermetic.renderer,
-        context=InProcessHistory(),
-    )
+def test_a_video_with_a_longest_duration_is_cut_at_a_sentence(tmp_path: Path, hermetic: ReplyPipeline):
+    """What a video note is to the pipeline: square frames and a longest duration."""
     answer = "This is the first sentence of a long answer. Here comes a second one that is long. And a third."
-    result = ask(short, tmp_path, answer, text="Tell me a story.")
-    assert result.truncated and result.duration <= 4.0
+    result = ask(hermetic, tmp_path, answer, text="Tell me a story.", square=True, max_seconds=4.0)
+    assert result.truncated and result.truncation == "max_seconds" and result.duration <= 4.0
     assert answer.startswith(result.answer) and result.answer != answer
-    full = ask(short, tmp_path, answer, text="Tell me a story.", format="video")
+    full = ask(hermetic, tmp_path, answer, text="Tell me a story.")
     assert not full.truncated and full.answer == answer and full.duration > 4.0
 
 

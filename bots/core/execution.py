@@ -2,6 +2,8 @@
 
 `execute` turns a job into pipeline calls and the pipeline's result into an outcome; it is all a
 worker needs, wherever it runs. `InProcessExecutor` runs it on the service's own worker threads.
+`load_pipeline` builds the pipeline the same way wherever replies are made (the service, the models'
+process, a queue worker).
 """
 
 from __future__ import annotations
@@ -11,12 +13,17 @@ import tempfile
 import time
 from concurrent.futures import Executor
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from bots.core.blobs import FolderBlobStore
 from bots.core.reply_job import ReplyJob, ReplyOutcome
 from pipeline.cancel import CancelToken, TookTooLong
+from pipeline.config import Settings
+from pipeline.context import KnowledgeSearch
 from pipeline.orchestrator import ReplyPipeline, ReplyRequest, ReplyResult
+
+if TYPE_CHECKING:
+    from memory.store import MemoryStore
 
 
 class JobExecutor(Protocol):
@@ -25,6 +32,24 @@ class JobExecutor(Protocol):
     async def run(self, job: ReplyJob, cancel: CancelToken) -> ReplyOutcome: ...
 
     def close(self) -> None: ...
+
+
+def load_pipeline(
+    settings: Settings, knowledge: KnowledgeSearch | None = None
+) -> tuple[ReplyPipeline, MemoryStore]:
+    """Load the models, over the persistent memory: the pipeline and its context, the MemoryStore.
+
+    The stores are the application's, not the pipeline's: the memory database is shared with the
+    service (profiles, avatars, /forget), and `knowledge` may be reached elsewhere (the service's own
+    from the models' process); None = the store opens the knowledge base itself when it is enabled.
+    The pipeline's chat model also writes the memory's summaries of older turns.
+    """
+    from memory.store import MemoryStore
+
+    memory = MemoryStore.from_settings(settings, knowledge=knowledge)  # type: ignore[arg-type]
+    pipeline = ReplyPipeline.from_settings(settings, context=memory)
+    memory.summarize_with(pipeline.chat_model)
+    return pipeline, memory
 
 
 def execute(
@@ -41,6 +66,8 @@ def execute(
         avatar=blobs.read(job.avatar) if job.avatar else None,
         voice=job.voice,
         format=job.output.kind,
+        square=job.output.square,
+        max_seconds=job.output.longest_s,
         subtitles=job.subtitles,
         cancel=cancel,
     )

@@ -22,7 +22,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from bots.core.blobs import blob_store
-from bots.core.execution import execute
+from bots.core.execution import execute, load_pipeline
 from bots.core.priority import lower_this_thread
 from bots.core.reply_job import ReplyJob
 from pipeline.cancel import CancelToken
@@ -85,7 +85,6 @@ def serve(settings_dump: dict[str, Any], conn: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the service's to handle
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from pipeline.orchestrator import ReplyPipeline
     from pipeline.render.factory import renders_on_gpu
     from pipeline.render.registry import forget_photo
 
@@ -96,7 +95,7 @@ def serve(settings_dump: dict[str, Any], conn: Connection) -> None:
     reader.start()  # answers to knowledge searches arrive while the models load (a warm-up reply)
     knowledge = RemoteKnowledge(link) if settings.knowledge.enabled else None
     try:
-        pipeline = ReplyPipeline.from_settings(settings, knowledge=knowledge)
+        pipeline, _ = load_pipeline(settings, knowledge)
         pipeline.warm_up()
     except ConfigError as e:  # said by the service as it would say it without this process
         link.send("failed", "config", str(e))

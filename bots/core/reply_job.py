@@ -21,8 +21,12 @@ REPLY_MODES = ("video_note", "video", "voice", "text")
 class OutputSpec:
     """What the answer must be, decided once when the job is admitted and kept with it.
 
-    `round`: send as the platform's round video (square frames, at most `max_seconds`; a longer
-    answer goes as an ordinary video). `max_mb`: the platform's largest upload.
+    `round`: the adapter sends it as the platform's round video (Telegram's video note) when it came
+    out square and at most `max_seconds` long; otherwise as an ordinary video. `max_mb`: the
+    platform's largest upload. How the pipeline makes it: `square` frames (the face crop, whatever
+    the renderer frames) and the answer cut at the last sentence within `longest_s`, for a caller
+    with no fallback to an ordinary video (the command line's file); a bot leaves both unset, so a
+    long answer is sent whole, as a video.
     """
 
     kind: Kind = "video"
@@ -31,6 +35,8 @@ class OutputSpec:
     max_mb: float = 50.0
     audio_codec: str = "aac"
     aspect: Literal["square", "photo"] = "square"
+    square: bool = False
+    longest_s: float | None = None
 
     @property
     def container(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from bots.discord.settings import DiscordSettings
 from pipeline.config import Settings
 from pipeline.errors import ConfigError
 
@@ -38,7 +39,7 @@ class DiscordOptions:
         token = environ.get("DISCORD_BOT_TOKEN", "").strip()
         if not token:
             return None
-        cfg = settings.discord
+        cfg = DiscordSettings.of(settings)
         return cls(
             token=token,
             channel_ids=_ids(environ, "DISCORD_CHANNEL_IDS"),

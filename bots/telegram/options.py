@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from bots.telegram.settings import TelegramSettings
 from pipeline.config import Settings
 from pipeline.errors import ConfigError
 
@@ -34,7 +35,7 @@ class TelegramOptions:
         token = environ.get("TELEGRAM_BOT_TOKEN", "").strip()
         if not token:
             return None
-        cfg = settings.telegram
+        cfg = TelegramSettings.of(settings)
         try:
             allowed = frozenset(
                 int(part)

@@ -1,6 +1,6 @@
 """Output framing: the square face crop, or the whole photo with the animated crop pasted back in.
 
-"square": the frame is the face crop itself (what Telegram video notes need: they are shown as a
+"square": the frame is the face crop itself (what a round video needs: it is shown as a
 circle cut from a square). "photo": the frame is the user's whole picture, scaled so that its longer
 side is the output size (both sides even, as H.264 in yuv420p requires), and the rig is built on a
 crop cut from that very picture, pixel-aligned with it. Outside the rig's moving region the crop is

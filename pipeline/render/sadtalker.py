@@ -95,7 +95,7 @@ class SadTalkerAvatar:
     picture: np.ndarray | None = None  # "full": the photo at output size
     box: tuple[int, int, int, int] = (0, 0, 0, 0)  # "full": y0, y1, x0, x1 of the face in `picture`
     mask: np.ndarray | None = None  # "full": (h, w, 1) feathered paste mask over the box
-    square: SadTalkerAvatar | None = None  # "full": the face-crop variant (video notes)
+    square: SadTalkerAvatar | None = None  # "full": the face-crop variant (round videos)
 
 
 class SadTalkerRenderer:

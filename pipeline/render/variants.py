@@ -19,8 +19,8 @@ def frame_size(avatar: PreparedAvatar) -> tuple[int, int]:
 def square_avatar(avatar: PreparedAvatar) -> PreparedAvatar:
     """The square face-crop variant of `avatar` (itself when it is one).
 
-    Telegram shows a video note as a circle cut from a square video, centred on the face, so video
-    notes always use the square face crop, whatever `render.frame` says. Raises ValueError for a
+    A round video is a circle cut from a square one, centred on the face, so a reply asked for with
+    square frames uses the square face crop, whatever `render.frame` says. Raises ValueError for a
     non-square avatar that has no square variant.
     """
     square = getattr(avatar, "square", None)
@@ -28,5 +28,5 @@ def square_avatar(avatar: PreparedAvatar) -> PreparedAvatar:
         return square
     width, height = frame_size(avatar)
     if width != height:
-        raise ValueError(f"{width}x{height} avatar has no square variant for a video note")
+        raise ValueError(f"{width}x{height} avatar has no square variant")
     return avatar

@@ -56,7 +56,7 @@ class WarpAvatar:
     """A prepared photo: implements PreparedAvatar.
 
     `size` is the longer frame side (the square side for frame="square"); `width` x `height` is the
-    frame. A photo-mode avatar carries its `square` variant, for video notes (variants.square_avatar).
+    frame. A photo-mode avatar carries its `square` variant, for round videos (variants.square_avatar).
     """
 
     key: str
@@ -148,7 +148,7 @@ class WarpRenderer:
         """Analyse a photo once per size and frame kind (default: the renderer's `frame`).
 
         Raises UnreadableImage, NoFaceFound (or its FaceTurnedAway) or FaceTooSmall. A "photo"
-        avatar is built together with its square variant, which video notes need.
+        avatar is built together with its square variant, which round videos need.
         """
         if not MIN_SIZE <= size <= MAX_SIZE:
             raise ValueError(f"size must be in [{MIN_SIZE}, {MAX_SIZE}], got {size}")

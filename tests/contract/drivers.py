@@ -568,7 +568,7 @@ class CliDriver(Driver):
 
     name = "cli"
     supports = frozenset()
-    answer_kind = "video_note"  # the configured output.format: a square mp4 of at most 60 s
+    answer_kind = "video_note"  # the configured cli.format: a square mp4 of at most 60 s
     LOCALES: ClassVar[dict[str, str]] = {"en": "en_US.UTF-8", "zh": "zh_CN.UTF-8"}
     MEDIA_LINE = re.compile(r"^(?P<path>.+)  \((?P<seconds>[\d.]+) s (?P<kind>\w+)(, voice: .*)?\)$")
 
@@ -580,7 +580,7 @@ class CliDriver(Driver):
         self.chat = RuleChat()
         chat = self.chat
 
-        def hermetic(s, *, context=None, knowledge=None) -> ReplyPipeline:
+        def hermetic(s, *, context=None) -> ReplyPipeline:  # over the store the CLI's service built
             synthesizer, renderer = stages
             return ReplyPipeline(
                 s,
@@ -588,7 +588,7 @@ class CliDriver(Driver):
                 chat_model=chat,
                 synthesizer=synthesizer,
                 renderer=renderer,
-                context=MemoryStore.from_settings(s),
+                context=context or MemoryStore.from_settings(s),
             )
 
         monkeypatch.setattr(ReplyPipeline, "from_settings", hermetic)
