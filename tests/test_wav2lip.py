@@ -245,6 +245,7 @@ def test_cli_reply_with_wav2lip_and_a_bad_checkpoint(random_checkpoint: Path, tm
     import os
 
     from tests.helpers import probe_mp4
+    from tests.test_llm import FakeOpenAIServer
 
     env = {
         **os.environ,
@@ -252,7 +253,9 @@ def test_cli_reply_with_wav2lip_and_a_bad_checkpoint(random_checkpoint: Path, tm
         "TALKTWIN_RENDER__WAV2LIP__CHECKPOINT": str(random_checkpoint),
         "TALKTWIN_RENDER__SIZE": "256",
         "TALKTWIN_PATHS__DATA_DIR": str(tmp_path / "data"),
-        "TALKTWIN_LLM__MAX_TOKENS": "24",
+        "TALKTWIN_LLM__BACKEND": "openai",  # a local server's short answer: the frames are the test
+        "TALKTWIN_LLM__MODEL": "fake",
+        "TALKTWIN_TTS__BACKEND": "piper",
     }
     out = tmp_path / "reply.mp4"
     cli = [
@@ -264,18 +267,20 @@ def test_cli_reply_with_wav2lip_and_a_bad_checkpoint(random_checkpoint: Path, tm
         "--format",
         "video",
     ]
-    done = subprocess.run([*cli, "-o", str(out)], env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
-    info = probe_mp4(out)
-    assert (info.video_codec, info.audio_codec, info.width, info.height) == ("h264", "aac", 256, 256)
-    assert abs(len(info.frames) / 25 - info.audio_duration) < 0.1
+    with FakeOpenAIServer(["Hello! Nice", " to meet you."]) as llm:
+        env["TALKTWIN_LLM__BASE_URL"] = llm.base_url
+        done = subprocess.run([*cli, "-o", str(out)], env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+        info = probe_mp4(out)
+        assert (info.video_codec, info.audio_codec, info.width, info.height) == ("h264", "aac", 256, 256)
+        assert abs(len(info.frames) / 25 - info.audio_duration) < 0.1
 
-    truncated = tmp_path / "wav2lip_gan.pth"
-    truncated.write_bytes(random_checkpoint.read_bytes()[:1_000_000])
-    env["TALKTWIN_RENDER__WAV2LIP__CHECKPOINT"] = str(truncated)
-    failed = subprocess.run(
-        [*cli, "-o", str(tmp_path / "x.mp4")], env=env, capture_output=True, text=True, timeout=600
-    )
+        truncated = tmp_path / "wav2lip_gan.pth"
+        truncated.write_bytes(random_checkpoint.read_bytes()[:1_000_000])
+        env["TALKTWIN_RENDER__WAV2LIP__CHECKPOINT"] = str(truncated)
+        failed = subprocess.run(
+            [*cli, "-o", str(tmp_path / "x.mp4")], env=env, capture_output=True, text=True, timeout=600
+        )
     assert failed.returncode == 1 and "Traceback" not in failed.stderr
     last = failed.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: Cannot use the model file {truncated}: it cannot be read")
