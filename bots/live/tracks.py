@@ -3,7 +3,8 @@
 One pacer task reads the conversation once per 1/fps and hands the frame to the video track and its
 audio (two 20 ms Opus-sized frames at 25 fps) to the audio track, with timestamps from the same
 counter, so picture and sound leave in step. When the conversation has no frame ready (a busy CPU),
-the last frame is shown again with silence: an underrun, counted.
+the last frame is shown again with silence: an underrun, counted (apart from the frames the
+conversation holds back while the user may be starting to speak: `held`).
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class Pacer:
         self.fps, self.rate, self.spf = opts.fps, opts.sample_rate, opts.samples_per_frame
         self.sent = 0  # frames sent
         self.underruns = 0
+        self.held = 0
         self.resyncs = 0
         width, height = conversation.frame_size
         self._last = np.zeros((height, width, 3), np.uint8)
@@ -82,7 +84,10 @@ class Pacer:
         while True:
             frame = self.conversation.read()
             if frame is None:
-                self.underruns += 1
+                if self.conversation.holding:
+                    self.held += 1
+                else:
+                    self.underruns += 1
                 image, pcm = self._last, self.conversation.silence()
             else:
                 image, pcm = frame.image, frame.audio
@@ -117,6 +122,7 @@ class Pacer:
         return {
             "frames": self.sent,
             "underruns": self.underruns,
+            "held": self.held,
             "resyncs": self.resyncs,
             "dropped": (self.video.dropped if self.video else 0) + self.audio.dropped,
         }

@@ -14,7 +14,10 @@ idle frames are drawn only a few frames ahead, and the moment an answer's first 
 the idle frames not yet shown are dropped and its frames take their place at the same index. Each
 frame carries exactly its 1/fps of audio, so sound and picture leave in step; the caller paces them.
 
-Barge-in: speech from the user while the twin talks cancels the answer (its cancel token stops the
+Barge-in: the first 32 ms window of speech while the twin talks holds it (no new frame or sound
+goes out: the caller repeats the last frame with silence), so it falls silent at once; if the user
+goes on speaking for `min_speech_ms` that is a barge-in, else (a click, a cough) it carries on where
+it was. A barge-in cancels the answer (its cancel token stops the
 model, TTS and the drawing between batches), the frames not yet shown are dropped, and the turn is
 recorded in memory with the part that was shown, marked as cut off. Speech while the twin is still
 thinking (nothing shown yet) is taken as the same turn going on: the answer in work is dropped and
@@ -169,6 +172,7 @@ class LiveConversation:
         self._current: _Answer | None = None  # the answer being heard, written or spoken
         self._carry: np.ndarray | None = None  # audio of a turn the user went on speaking in
         self._closing = threading.Event()
+        self._holding = False  # the user may be starting to speak: nothing is shown meanwhile
         self._threads: list[threading.Thread] = []
         self.counts = {"answers": 0, "interrupted": 0}
 
@@ -244,6 +248,8 @@ class LiveConversation:
         frame with silence). Call once per 1/fps; cheap and non-blocking."""
         events: list[dict[str, Any]] = []
         with self._cond:
+            if self._holding:
+                return None
             frame = self._frames.popleft() if self._frames else None
             self._cond.notify_all()
             if frame is None:
@@ -275,6 +281,11 @@ class LiveConversation:
             self._emit(event)
         return frame
 
+    @property
+    def holding(self) -> bool:
+        """The twin is held while the user may be starting to speak (read() gives None meanwhile)."""
+        return self._holding
+
     def silence(self) -> np.ndarray:
         """One frame's worth of silence (what plays with a repeated frame)."""
         return np.zeros(self.options.samples_per_frame, np.int16)
@@ -292,9 +303,15 @@ class LiveConversation:
                 self._error(InternalFailure("voice activity detection failed"))
                 continue
             for event in events:
+                if event.kind in ("maybe", "nothing"):
+                    with self._cond:  # hold the twin only while it is speaking
+                        answer = self._current
+                        self._holding = event.kind == "maybe" and answer is not None and answer.speaking
+                    continue
                 if event.kind == "start":
                     self.last_heard = time.monotonic()
                     interrupted = self._interrupt()
+                    self._holding = False
                     if interrupted is not None:
                         self.counts["interrupted"] += 1
                         self._tasks.put(("record_cut", interrupted))

@@ -49,7 +49,8 @@ class SileroStream:
 
 @dataclass(frozen=True)
 class TurnEvent:
-    # "start": the user began to speak; "pause": they stopped for pause_silence_ms, maybe for good;
+    # "maybe": a first window of speech, not yet enough to start a turn; "nothing": it was not speech
+    # (a click, a cough); "start": the user began to speak; "pause": they stopped for pause_silence_ms;
     # "resume": they went on after a pause; "end": their utterance is complete
     kind: str
     audio: np.ndarray | None = None  # with "pause" and "end": the utterance so far, 16 kHz float32
@@ -111,8 +112,13 @@ class TurnDetector:
         self._windows += 1
         if not self.speaking:
             self._before.append(window)
+            was_voiced = self._voiced
             self._voiced = self._voiced + 1 if p >= self.threshold else 0
             if self._voiced < self.min_windows:
+                if self._voiced == 1 and not was_voiced:
+                    return TurnEvent("maybe", at=self.now)
+                if was_voiced and not self._voiced:
+                    return TurnEvent("nothing", at=self.now)
                 return None
             self.speaking, self._silent = True, 0
             self._utterance = list(self._before)
