@@ -234,6 +234,7 @@ class LiveSettings(Section):
     max_utterance_s: float = Field(gt=0, le=120)
     offline_voice: bool
     ice_servers: list[str] = Field(default_factory=list)
+    chat_model: str = ""
 
     @field_validator("size")
     @classmethod

@@ -315,16 +315,22 @@ class ReplyPipeline:
         raise AssertionError("unreachable")
 
     def _answer_sentences(
-        self, messages: list[ChatMessage], timings: StageTimings, token: CancelToken, ending: AnswerEnding
+        self,
+        messages: list[ChatMessage],
+        timings: StageTimings,
+        token: CancelToken,
+        ending: AnswerEnding,
+        chat_model: ChatModel | None = None,
     ) -> Iterator[str]:
         """The model's answer, sentence by sentence, as each one is complete. A sentence the model was
-        cut off in (token or time limit) is never spoken: it goes to `ending.dropped`."""
+        cut off in (token or time limit) is never spoken: it goes to `ending.dropped`. `chat_model`:
+        another than the pipeline's (a live conversation's own, `[live] chat_model`)."""
         llm = self.settings.llm
         t0 = time.perf_counter()
         first = True
         splitter = SentenceSplitter()
         stream = answer_policy.respond(
-            self.chat_model, messages, max_tokens=llm.max_tokens, temperature=llm.temperature
+            chat_model or self.chat_model, messages, max_tokens=llm.max_tokens, temperature=llm.temperature
         )
         pieces = self._bounded(stream, token, ending)
         for piece in pieces:

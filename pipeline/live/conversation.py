@@ -39,6 +39,7 @@ import math
 import queue
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -50,6 +51,7 @@ from pipeline.cancel import Cancelled, CancelToken
 from pipeline.errors import EmptyTranscript, InternalFailure, TalkTwinError
 from pipeline.live.vad import RATE as MIC_RATE
 from pipeline.live.vad import TurnDetector
+from pipeline.llm.base import ChatModel
 from pipeline.media.audio_input import resample
 from pipeline.orchestrator import NO_ANSWER, AnswerEnding, ReplyPipeline
 from pipeline.render.base import PreparedAvatar
@@ -64,6 +66,26 @@ EventSink = Callable[[dict[str, Any]], None]
 # Appended to an answer the user interrupted, in the turn memory keeps (the model reads it next time).
 CUT_OFF = {"en": " … [cut off: the user interrupted]", "zh": "……【被用户打断】"}
 SENTENCE_PAUSE_S = 0.12  # breath after each sentence, as in recorded replies
+_live_chat_models: weakref.WeakKeyDictionary[ReplyPipeline, ChatModel] = weakref.WeakKeyDictionary()
+_live_chat_lock = threading.Lock()
+
+
+def live_chat_model(pipeline: ReplyPipeline) -> ChatModel:
+    """What live conversations over `pipeline` answer with: `[live] chat_model` (for the embedded
+    backend a GGUF file, for a server a model name), built once per pipeline and kept while it lives,
+    or the pipeline's own when that is not set."""
+    settings = pipeline.settings
+    wanted = getattr(getattr(settings, "live", None), "chat_model", "")
+    if not wanted or wanted == settings.llm.model:
+        return pipeline.chat_model
+    with _live_chat_lock:
+        model = _live_chat_models.get(pipeline)
+        if model is None:
+            from pipeline.llm.factory import build_chat_model
+
+            own = settings.model_copy(update={"llm": settings.llm.model_copy(update={"model": wanted})})
+            model = _live_chat_models[pipeline] = build_chat_model(own)
+        return model
 
 
 @dataclass(frozen=True)
@@ -190,6 +212,7 @@ class LiveConversation:
             self._avatar_bytes = context.avatar(self.user)
         image = self._avatar_bytes or self.pipeline._default_avatar_bytes
         self.avatar = square_avatar(renderer.prepare(image, self.options.size))
+        self.chat_model = live_chat_model(self.pipeline)
         self._session = renderer.session(self.avatar, fps=self.options.fps)
         self._detector = TurnDetector(
             threshold=self.options.vad_threshold,
@@ -427,7 +450,7 @@ class LiveConversation:
         context = self.pipeline.context.context_for(self.thread, self.user, "")
         messages = self.pipeline._messages("你好" if self.lang == "zh" else "Hi", self.lang, context)
         try:
-            for _ in self.pipeline.chat_model.stream(messages, max_tokens=1, temperature=0):
+            for _ in self.chat_model.stream(messages, max_tokens=1, temperature=0):
                 pass
         except Exception as e:  # a model that cannot answer now says so on the first question
             log.info("could not prime the chat model: %s", e)
@@ -451,7 +474,9 @@ class LiveConversation:
             messages = pipeline._messages(answer.question, answer.language, context)
             answer.timings.add("context", time.perf_counter() - t0)
             t0 = time.perf_counter()
-            sentences = pipeline._answer_sentences(messages, answer.timings, token, AnswerEnding())
+            sentences = pipeline._answer_sentences(
+                messages, answer.timings, token, AnswerEnding(), self.chat_model
+            )
             try:
                 for sentence in sentences:
                     if not answer.written:
