@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from bots.core.blobs import blob_store
 from bots.core.conversations import Conversations
-from bots.core.execution import InProcessExecutor, JobExecutor
+from bots.core.execution import InProcessExecutor, JobExecutor, load_pipeline
 from bots.core.model_process import ModelProcessExecutor
 from bots.discord.bot import DiscordBot
 from bots.discord.options import DiscordOptions
@@ -26,6 +26,7 @@ from bots.jobs import JobStore
 from bots.service import ReplyService
 from bots.telegram.bot import TelegramBot
 from bots.telegram.options import TelegramOptions
+from bots.telegram.settings import TelegramSettings
 from knowledge.base import KnowledgeBase
 from memory.store import MemoryStore
 from pipeline.config import Settings
@@ -117,16 +118,14 @@ class Components:
             memory.forget_photo = forget_photo
             executor, workers = models, int(models.info.get("workers", 1))
         else:
-            pipeline = ReplyPipeline.from_settings(settings)
+            knowledge = KnowledgeBase.from_settings(settings)
+            pipeline, memory = load_pipeline(settings, knowledge if settings.knowledge.enabled else None)
             pipeline.warm_up()
-            memory = pipeline.context
-            assert isinstance(memory, MemoryStore) and memory.knowledge is not None
-            knowledge = memory.knowledge
             workers = settings.reply.workers or (4 if renders_on_gpu(pipeline.renderer) else 1)
         if settings.knowledge.shared_folder:
             folder = settings.resolve(settings.knowledge.shared_folder)
             log.info("shared knowledge folder %s: %s", folder, knowledge.sync_shared(folder))
-        tg = settings.telegram
+        tg = TelegramSettings.of(settings)
         service = ReplyService(
             max_pending=tg.max_pending,
             max_queue=settings.reply.max_queue,

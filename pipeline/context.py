@@ -1,8 +1,9 @@
 """What the pipeline knows about a user when it answers: earlier turns and retrieved knowledge.
 
 The orchestrator asks a ConversationContext for it before each reply and reports the finished turn
-afterwards. `memory/` provides the implementations (an in-process one now; a persistent one with
-summaries and a knowledge base later) without the pipeline changing.
+afterwards. `memory/` provides the implementations (an in-process history; the persistent MemoryStore
+with summaries and the knowledge base) and the application passes one in: the pipeline builds no
+store of its own.
 """
 
 from __future__ import annotations
@@ -38,3 +39,14 @@ class KnowledgeSearch(Protocol):
     """The part of a knowledge base a reply needs: the user's passages relevant to a question."""
 
     def search(self, user: str, query: str, k: int | None = None) -> list: ...
+
+
+class NoContext:
+    """No memory at all: every question is answered on its own. For a pipeline built without a
+    context (benchmarks, one-off scripts); the application always passes one."""
+
+    def context_for(self, conversation: str, user: str, text: str) -> ReplyContext:
+        return ReplyContext()
+
+    def record_turn(self, conversation: str, user: str, user_text: str, answer: str) -> None:
+        """Nothing is kept."""

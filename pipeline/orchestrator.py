@@ -28,7 +28,7 @@ from pipeline.asr.base import SpeechRecognizer
 from pipeline.assembler import ReplyAssembler
 from pipeline.cancel import CancelToken
 from pipeline.config import Settings
-from pipeline.context import ConversationContext, ReplyContext
+from pipeline.context import ConversationContext, NoContext, ReplyContext
 from pipeline.errors import ChatModelCrashed, EmptyText, TextTooLong
 from pipeline.llm.base import ChatMessage, ChatModel, ChatStream
 from pipeline.media.audio_input import decode_audio
@@ -118,7 +118,7 @@ class ReplyPipeline:
         `context` is where conversations are kept and knowledge comes from. The application builds
         it (bots/core/execution.py `load_pipeline`: the persistent MemoryStore, shared with the
         service, over the knowledge base it reaches), so the pipeline opens no database of its own.
-        Without one (callers not moved yet), the MemoryStore is still opened here.
+        Without one, every question is answered on its own (`NoContext`), as a benchmark wants it.
         """
         from pipeline.asr.whisper import WhisperRecognizer
         from pipeline.llm.factory import build_chat_model
@@ -126,11 +126,6 @@ class ReplyPipeline:
         from pipeline.tts.factory import build_synthesizer
 
         asr = settings.asr
-        chat_model = build_chat_model(settings)
-        if context is None:  # transitional, until every caller passes the application's store
-            from memory.store import MemoryStore
-
-            context = MemoryStore.from_settings(settings, chat_model=chat_model)
         return cls(
             settings,
             recognizer=WhisperRecognizer(
@@ -141,10 +136,10 @@ class ReplyPipeline:
                 vad=asr.vad,
                 threads=asr.threads,
             ),
-            chat_model=chat_model,
+            chat_model=build_chat_model(settings),
             synthesizer=build_synthesizer(settings),
             renderer=build_renderer(settings),
-            context=context,
+            context=context or NoContext(),
         )
 
     # ------------------------------------------------------------------ public API

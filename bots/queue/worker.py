@@ -20,7 +20,7 @@ from celery import Celery
 from celery.signals import worker_process_init
 
 from bots.core.blobs import blob_store
-from bots.core.execution import execute
+from bots.core.execution import execute, load_pipeline
 from bots.core.reply_job import ReplyJob
 from bots.queue.celery_app import CHECK_PHOTO_TASK, FORGET_PHOTO_CHANNEL, REPLY_TASK, make_app
 from pipeline.cancel import CancelToken
@@ -36,10 +36,8 @@ class _Loaded:
     """What one worker process loaded: the pipeline, the blob store, a Redis client."""
 
     def __init__(self, settings: Settings) -> None:
-        from pipeline.orchestrator import ReplyPipeline
-
         self.settings = settings
-        self.pipeline = ReplyPipeline.from_settings(settings)
+        self.pipeline, _ = load_pipeline(settings)
         self.pipeline.warm_up()  # the default avatar, as in embedded mode: not on the first job's clock
         self.blobs = blob_store(settings)
         self.redis = redis.Redis.from_url(settings.queue.broker_url)
