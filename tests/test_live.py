@@ -17,24 +17,20 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 
 from bots.http.app import HttpOptions, create_app
-from bots.jobs import JobStore
-from bots.live import close_hub, hub_for
+from bots.live import hub_for
 from bots.live.client import LiveClient, to_mic
 from bots.live.hub import LiveHub
 from bots.runtime import Components
-from bots.service import ReplyService
 from memory.keys import user_key
-from memory.store import MemoryStore
 from pipeline.config import load_settings
 from pipeline.orchestrator import ReplyPipeline
 from pipeline.types import VoiceSettings
-from tests.helpers import ScriptedChat
+from tests.live_helpers import live_stack, live_threads, poster, until
 
 ANSWER = (
     "Paris is the capital of France. It sits on the river Seine, in the north of the country. "
@@ -45,34 +41,7 @@ WAIT_S = 180  # for anything that involves Whisper on a busy machine
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Components, ReplyPipeline]]:
-    from pipeline.asr.whisper import WhisperRecognizer
-    from pipeline.render.factory import build_renderer
-    from pipeline.tts.factory import build_synthesizer
-
-    data = tmp_path_factory.mktemp("live")
-    settings = load_settings(
-        environ={
-            "TALKTWIN_PATHS__DATA_DIR": str(data),
-            "TALKTWIN_RENDER__SIZE": "256",
-            "TALKTWIN_LIVE__SIZE": "256",
-            "TALKTWIN_TTS__BACKEND": "piper",  # offline: no edge-tts attempt
-            "TALKTWIN_LIVE__MAX_SESSIONS": "1",
-        }
-    )
-    memory = MemoryStore.from_settings(settings)
-    pipeline = ReplyPipeline(
-        settings,
-        recognizer=WhisperRecognizer(str(settings.resolve(settings.asr.model))),
-        chat_model=ScriptedChat(ANSWER),
-        synthesizer=build_synthesizer(settings),
-        renderer=build_renderer(settings),
-        context=memory,
-    )
-    jobs = JobStore(memory.engine, Path(data) / "jobs")
-    components = Components(pipeline, memory, memory.knowledge, ReplyService(max_pending=1), jobs)
-    yield components, pipeline
-    close_hub(pipeline)
-    components.close()
+    yield from live_stack(tmp_path_factory.mktemp("live"), ANSWER)
 
 
 @pytest.fixture(scope="module")
@@ -81,26 +50,6 @@ def question(stack) -> np.ndarray:
     _, pipeline = stack
     speech = pipeline.synthesizer.synthesize("What is the capital of France?", "en", VoiceSettings())
     return to_mic(speech.audio.samples, speech.audio.sample_rate)
-
-
-def poster(components: Components, headers: dict[str, str] | None = None):
-    app = create_app(components, HttpOptions())
-
-    async def post(body: dict) -> tuple[int, dict]:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
-            r = await http.post("/v1/live", json=body, headers=headers or {})
-            retry = {"retry-after": r.headers["retry-after"]} if "retry-after" in r.headers else {}
-            return r.status_code, r.json() | retry
-
-    return post
-
-
-def live_threads() -> list[str]:
-    """Threads a live session starts: the conversation's three and aiortc's media decoders."""
-    return [t.name for t in threading.enumerate() if t.name.startswith("live-") and t.name != "live-loop"] + [
-        t.name for t in threading.enumerate() if t.name.endswith("-decoder")
-    ]
 
 
 def words(text: str) -> set[str]:
@@ -150,7 +99,7 @@ def test_a_spoken_question_is_heard_answered_and_can_be_interrupted(stack, quest
 
     client = asyncio.run(talk())
     hub = hub_for(pipeline)
-    asyncio.run(_until(lambda: not hub.sessions, WAIT_S))
+    asyncio.run(until(lambda: not hub.sessions, WAIT_S))
     assert hub.finished[-1]["reason"] in ("hangup", "connection_failed")
     assert hub.finished[-1]["frames"] > 0
     assert not live_threads(), live_threads()  # nothing left running
@@ -161,14 +110,6 @@ def test_a_spoken_question_is_heard_answered_and_can_be_interrupted(stack, quest
     assert turns[1]["assistant"] == ANSWER
     assert "capital" in words(turns[1]["user"])  # "France", its last word, was once lost under load
     assert len(client.events("speaking")) == 2
-
-
-async def _until(check, timeout: float) -> None:
-    for _ in range(int(timeout * 10)):
-        if check():
-            return
-        await asyncio.sleep(0.1)
-    raise TimeoutError("condition not met")
 
 
 def test_bad_offers_get_a_clear_400(stack):
@@ -215,7 +156,7 @@ def test_a_second_session_beyond_the_limit_is_told_to_wait(stack):
 
     asyncio.run(run())
     hub = hub_for(pipeline)
-    asyncio.run(_until(lambda: not hub.sessions, WAIT_S))
+    asyncio.run(until(lambda: not hub.sessions, WAIT_S))
     assert not live_threads(), live_threads()
 
 
@@ -243,7 +184,7 @@ def test_a_silent_session_ends_after_the_idle_timeout(stack):
         client = asyncio.run(run())
         assert client.events("error")[0]["error"] == "idle_timeout"
         assert "nobody spoke" in client.events("error")[0]["message"]
-        asyncio.run(_until(lambda: not hub.sessions, WAIT_S))
+        asyncio.run(until(lambda: not hub.sessions, WAIT_S))
         assert hub.finished[-1]["reason"] == "idle_timeout"
     finally:
         hub.close()

@@ -151,6 +151,17 @@ class LiveClient:
         """The first event of `kind` beyond the first `after` of them."""
         return await self.wait_for(lambda: (self.events(kind)[after:] or [None])[0], timeout)
 
+    async def vanish(self) -> None:
+        """Drop off the network without a word, as a client whose process died or whose network went
+        away: the ICE transports close their sockets, so nothing more leaves (no RTCP BYE, DTLS
+        close_notify or SCTP ABORT, as `close` would send) and nothing more is received. The server
+        can only notice the silence. `close` afterwards cleans up this side."""
+        ice = {t.receiver.transport.transport for t in self.pc.getTransceivers() if t.receiver.transport}
+        if self.pc.sctp is not None:
+            ice.add(self.pc.sctp.transport.transport)
+        for transport in ice:
+            await transport.stop()
+
     async def close(self) -> None:
         await self.pc.close()
         for task in self._tasks:

@@ -11,9 +11,14 @@ Limits (`[live]`): at most `max_sessions` at once (one more is told "busy, try a
 being when the first running session must end at the latest); a session ends after
 `idle_timeout_s` without the user speaking, after `max_session_s` in all, when the client hangs up
 (connection closed or failed), or when its microphone stops sending for STALL_S (a client that
-vanished). Ending one stops its tasks, closes the peer connection (aiortc stops its decoder threads)
-and closes the conversation (its three threads are joined; an answer being spoken is recorded as cut
-off).
+vanished without a word: no goodbye reaches us, ICE's consent checks would take ~30 s). An offer the
+client sends no audio in (video or a data channel only, audio "recvonly" or "inactive") is refused
+at once, 400 no_audio: nothing could be heard, and it would hold a slot until the idle timeout.
+The no_audio and busy refusals are said in the request's language (Accept-Language: English or
+Chinese); a malformed SDP's 400 names the problem in English (a developer's error, not a browser's).
+
+Ending a session stops its tasks, closes the peer connection (aiortc stops its decoder threads) and
+closes the conversation (its three threads are joined; an answer being spoken is recorded as cut off).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 from aiortc.mediastreams import MediaStreamError
 
 from bots.live.tracks import Pacer, QueueTrack
-from pipeline.errors import TalkTwinError
+from pipeline.errors import InternalFailure, TalkTwinError
 from pipeline.live.conversation import LiveConversation, LiveOptions
 from pipeline.live.vad import RATE as MIC_RATE
 
@@ -51,6 +56,16 @@ MESSAGES = {
     "max_length": {
         "en": "The live conversation reached its longest length ({seconds:.0f} s) and ended.",
         "zh": "实时对话已达到最长时长（{seconds:.0f} 秒），已结束。",
+    },
+    # refusals of an offer (HTTP 400 and 429 bodies), shown as they are by the page
+    "no_audio": {
+        "en": "The call sends no microphone audio: a live conversation needs a microphone. "
+        "Plug one in, allow this page to use it and call again.",
+        "zh": "这次通话没有麦克风声音：实时对话需要麦克风。请接上麦克风、允许本页使用后再试。",
+    },
+    "busy": {
+        "en": "busy, try again in {seconds} s",
+        "zh": "实时对话正忙，请 {seconds} 秒后再试。",
     },
 }
 
@@ -92,6 +107,10 @@ def _reply(status: int, error: str, message: str, **extra: Any) -> tuple[int, di
     return status, {"error": error, "message": message, **extra}
 
 
+def _said(key: str, lang: str, **params: Any) -> str:
+    return MESSAGES[key]["zh" if lang == "zh" else "en"].format(**params)
+
+
 @dataclass
 class LiveSession:
     id: str
@@ -124,6 +143,7 @@ class LiveHub:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._teardowns: set[asyncio.Task] = set()  # held: the loop keeps only weak references
 
     # ------------------------------------------------------------------ the loop
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
@@ -164,7 +184,7 @@ class LiveHub:
         with self._lock:
             if len(self.sessions) + self._reserved >= self.limits.max_sessions:
                 wait = self._wait_s()
-                return _reply(429, "busy", f"busy, try again in {wait} s", retry_after_s=wait)
+                return _reply(429, "busy", _said("busy", lang, seconds=wait), retry_after_s=wait)
             self._reserved += 1
         try:
             return self.call(self._open(sdp, user, lang), OFFER_TIMEOUT_S)
@@ -193,9 +213,13 @@ class LiveHub:
             await pc.close()
             return _reply(400, "bad_sdp", f"malformed SDP offer: {e or type(e).__name__}")
         transceivers = {t.kind: t for t in pc.getTransceivers()}
-        if "audio" not in transceivers:
+        # the client's microphone: an audio section it sends on (none: video or a data channel only,
+        # or audio it only receives, "recvonly"/"inactive": nothing could ever be heard)
+        tracks = (t.receiver.track for t in pc.getTransceivers() if t.kind == "audio")
+        mic = next((track for track in tracks if track is not None), None)
+        if mic is None:
             await pc.close()
-            return _reply(400, "no_audio", "the offer has no audio: a live conversation needs a microphone")
+            return _reply(400, "no_audio", _said("no_audio", lang))
         session_id = secrets.token_hex(8)
         events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         loop = asyncio.get_running_loop()
@@ -208,10 +232,13 @@ class LiveHub:
         )
         try:
             await asyncio.to_thread(conversation.start)  # prepares the avatar: CPU work
-        except TalkTwinError as e:
+        except Exception as e:
             await pc.close()
             await asyncio.to_thread(conversation.close)
-            return _reply(400, e.code, e.user_message(lang))
+            if isinstance(e, TalkTwinError):
+                return _reply(400, e.code, e.user_message(lang))
+            log.exception("live session for %s could not start", user)
+            return _reply(500, InternalFailure.code, InternalFailure().user_message(lang))
         session = LiveSession(session_id, user, pc, conversation, lang)
         audio_out = QueueTrack("audio")
         video_out = QueueTrack("video") if "video" in transceivers else None
@@ -241,7 +268,6 @@ class LiveHub:
             return _reply(400, "bad_sdp", f"cannot answer that offer: {e or type(e).__name__}")
         with self._lock:
             self.sessions[session_id] = session
-        mic = transceivers["audio"].receiver.track
         session.tasks = [
             asyncio.create_task(session.pacer.run(), name=f"live-pacer-{session_id}"),
             asyncio.create_task(self._listen(session, mic), name=f"live-mic-{session_id}"),
@@ -267,6 +293,9 @@ class LiveHub:
             self._end(session, "gone")
         except MediaStreamError:
             self._end(session, "hangup")
+        except Exception:  # not to leave a session without ears, holding its slot until the idle timeout
+            log.exception("live session %s: the microphone's audio could not be read", session.id)
+            self._end(session, "mic_failed")
 
     async def _relay(self, session: LiveSession, events: asyncio.Queue[dict[str, Any]]) -> None:
         while True:
@@ -297,7 +326,7 @@ class LiveHub:
                 reason, seconds = "idle_timeout", limits.idle_timeout_s
             else:
                 continue
-            message = MESSAGES[reason]["zh" if session.lang == "zh" else "en"].format(seconds=seconds)
+            message = _said(reason, session.lang, seconds=seconds)
             self._send(session, {"type": "error", "error": reason, "message": message})
             self._end(session, reason, after_s=0.2)  # the event leaves before the connection closes
             return
@@ -308,7 +337,9 @@ class LiveHub:
         if session.reason:
             return
         session.reason = reason
-        asyncio.get_running_loop().create_task(self._teardown(session, after_s))
+        task = asyncio.get_running_loop().create_task(self._teardown(session, after_s))
+        self._teardowns.add(task)
+        task.add_done_callback(self._teardowns.discard)
 
     async def _teardown(self, session: LiveSession, after_s: float) -> None:
         await asyncio.sleep(after_s)
