@@ -1,0 +1,192 @@
+"""Turn-taking in a live conversation: the real Silero VAD on Piper's speech, and an answer started at
+the user's pause that is shown only when their turn ends, or dropped when they go on speaking."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from memory.keys import user_key
+from pipeline.live.conversation import LiveConversation, LiveOptions
+from pipeline.live.vad import RATE, TurnDetector
+from pipeline.media.audio_input import resample
+from pipeline.orchestrator import ReplyPipeline
+from pipeline.tts.piper import PiperSynthesizer
+from pipeline.types import VoiceSettings
+from tests.live_helpers import live_stack
+
+ANSWER = "Paris is the capital of France."
+
+
+@pytest.fixture(scope="module")
+def piper(models_installed) -> PiperSynthesizer:
+    return PiperSynthesizer(models_installed.resolve(models_installed.tts.piper_voice))
+
+
+def spoken(piper: PiperSynthesizer, text: str) -> np.ndarray:
+    """`text` in Piper's voice at 16 kHz, without its leading and trailing silence."""
+    samples = resample(piper.synthesize(text, "en", VoiceSettings()).audio, RATE).samples
+    loud = np.flatnonzero(np.abs(samples) > 0.02)
+    return samples[loud[0] : loud[-1] + 1]
+
+
+def silence(ms: float) -> np.ndarray:
+    return np.zeros(int(RATE * ms / 1000), np.float32)
+
+
+def kinds(detector: TurnDetector, audio: np.ndarray) -> list[str]:
+    events = []
+    for i in range(0, len(audio), 320):  # 20 ms packets, as from a microphone
+        events += detector.feed(audio[i : i + 320])
+    return [e.kind for e in events]
+
+
+def test_a_short_silence_is_a_pause_and_speech_after_it_a_resume(piper):
+    first, second = spoken(piper, "What is the capital"), spoken(piper, "of France?")
+    audio = np.concatenate([silence(300), first, silence(280), second, silence(700)])
+    detector = TurnDetector(end_silence_ms=400, pause_silence_ms=160)
+    assert kinds(detector, audio) == ["maybe", "start", "pause", "resume", "pause", "end"]
+    # without pauses, only the turn itself
+    assert kinds(TurnDetector(end_silence_ms=400), audio) == ["maybe", "start", "end"]
+    # a pause as long as the end of the turn is no pause
+    assert kinds(TurnDetector(end_silence_ms=400, pause_silence_ms=400), audio) == ["maybe", "start", "end"]
+
+
+def blips(piper: PiperSynthesizer) -> list[tuple[np.ndarray, list[str]]]:
+    """Moments of speech shorter than min_speech_ms (128 ms): 48 to 96 ms from the middle of a word,
+    each with the events a fresh detector gives for it (after silence, and silence after)."""
+    word = spoken(piper, "Hello")
+    out = []
+    for ms in (48, 64, 80, 96):
+        piece = word[len(word) // 3 : len(word) // 3 + int(RATE * ms / 1000)]
+        out.append(
+            (
+                piece,
+                kinds(TurnDetector(min_speech_ms=128), np.concatenate([silence(300), piece, silence(600)])),
+            )
+        )
+    return out
+
+
+def test_a_moment_of_speech_is_a_maybe_then_nothing(piper):
+    """Shorter than min_speech_ms: the detector may say it could be speech, then that it was not a
+    turn; it never starts one. (Which lengths Silero hears as speech varies with Piper's voice.)"""
+    seen = [events for _, events in blips(piper)]
+    assert all(events in ([], ["maybe", "nothing"]) for events in seen), seen
+    assert ["maybe", "nothing"] in seen, seen
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReplyPipeline]:
+    for _, pipeline in live_stack(tmp_path_factory.mktemp("turns"), ANSWER):
+        yield pipeline
+
+
+def converse(pipeline: ReplyPipeline, audio: np.ndarray, user: str) -> tuple[list[dict], LiveConversation]:
+    """Feed `audio` in real time, then read frames until the answer has been shown; the events."""
+    events: list[dict] = []
+    options = LiveOptions(size=256, end_silence_ms=400, think_after_ms=160)
+    live = LiveConversation(pipeline, user=user, options=options, on_event=events.append)
+    live.start()
+    try:
+        for i in range(0, len(audio), 320):
+            live.hear(audio[i : i + 320])
+            live.read()
+            time.sleep(0.02)
+        deadline = time.monotonic() + 120
+        while not [e for e in events if e["type"] == "idle"][1:] or live.busy:
+            assert time.monotonic() < deadline, events
+            live.read()
+            time.sleep(0.01)
+    finally:
+        live.close()
+    return events, live
+
+
+def test_an_answer_started_at_a_pause_is_dropped_when_the_user_goes_on(pipeline, piper):
+    first, second = spoken(piper, "What is the capital"), spoken(piper, "of France?")
+    # a pause long enough to start answering (and for Whisper to finish), too short to end the turn
+    audio = np.concatenate([silence(500), first, silence(330), second, silence(900)])
+    events, live = converse(pipeline, audio, user_key("http", "carol"))
+    heard = [e for e in events if e["type"] == "heard"]
+    assert len(heard) == 1 and "france" in heard[0]["text"].lower(), events
+    assert [e["text"] for e in events if e["type"] == "answer"] == [ANSWER]
+    assert live.counts["answers"] == 1
+    assert not [e for e in events if e["type"] == "error"]
+
+
+def test_a_moment_of_speech_holds_the_twin_and_it_carries_on(pipeline, piper):
+    """While the twin talks, a blip of speech holds it (silent at once) and it then goes on: no barge-in."""
+    question = np.concatenate([silence(500), spoken(piper, "What is the capital of France?"), silence(900)])
+    heard = [piece for piece, events in blips(piper) if events == ["maybe", "nothing"]]
+    blip = np.concatenate([heard[-1], silence(600)])  # the longest: the surest to be heard again
+    events: list[dict] = []
+    options = LiveOptions(size=256, end_silence_ms=400, think_after_ms=160)
+    live = LiveConversation(pipeline, user=user_key("http", "erin"), options=options, on_event=events.append)
+    live.start()
+    blip_sent, held, shown_while_held = False, 0, 0
+    try:
+        mic = list(question)
+        deadline = time.monotonic() + 120
+        while not [e for e in events if e["type"] == "idle"][1:] or live.busy:
+            assert time.monotonic() < deadline, events
+            if not mic and not blip_sent and [e for e in events if e["type"] == "speaking"]:
+                mic, blip_sent = list(blip), True  # the twin is talking: a blip of speech
+            if mic:
+                live.hear(np.array(mic[:320], np.float32))
+                del mic[:320]
+            was_holding = live.holding
+            frame = live.read()
+            if was_holding and live.holding:
+                held += 1
+                shown_while_held += frame is not None
+            time.sleep(0.02)
+    finally:
+        live.close()
+    assert held > 0 and shown_while_held == 0
+    assert live.counts == {"answers": 1, "interrupted": 0}
+    assert [e["text"] for e in events if e["type"] == "answer"] == [ANSWER]
+    assert not [e for e in events if e.get("interrupted")]
+
+
+def test_an_answer_started_at_the_last_pause_is_the_one_shown(pipeline, piper):
+    audio = np.concatenate([silence(500), spoken(piper, "What is the capital of France?"), silence(900)])
+    events, _ = converse(pipeline, audio, user_key("http", "dave"))
+    speaking = [e for e in events if e["type"] == "speaking"]
+    assert len(speaking) == 1 and "started_before_end" in speaking[0]["timings"], speaking
+    heard = [e for e in events if e["type"] == "heard"]
+    assert len(heard) == 1 and "capital" in heard[0]["text"].lower()
+    assert [e["text"] for e in events if e["type"] == "answer"] == [ANSWER]
+
+
+class _Pipeline:
+    def __init__(self, settings, chat_model) -> None:
+        self.settings, self.chat_model = settings, chat_model
+
+
+def test_live_conversations_can_answer_with_a_model_of_their_own(tmp_path):
+    """`[live] chat_model`: live answers come from that model (built once), replies keep theirs."""
+    from pipeline.config import load_settings
+    from pipeline.live.conversation import live_chat_model
+    from tests.helpers import ScriptedChat
+    from tests.test_llm import FakeOpenAIServer
+
+    with FakeOpenAIServer(["Quick", " answer."]) as server:
+        env = {
+            "TALKTWIN_PATHS__DATA_DIR": str(tmp_path),
+            "TALKTWIN_LLM__BACKEND": "openai",
+            "TALKTWIN_LLM__BASE_URL": server.base_url,
+            "TALKTWIN_LLM__MODEL": "replies-model",
+        }
+        replies_model = ScriptedChat(ANSWER)
+        same = _Pipeline(load_settings(environ=env), replies_model)
+        assert live_chat_model(same) is replies_model
+        own_settings = load_settings(environ=env | {"TALKTWIN_LIVE__CHAT_MODEL": "live-model"})
+        own = _Pipeline(own_settings, replies_model)
+        model = live_chat_model(own)
+        assert model is not replies_model and live_chat_model(own) is model
+        assert "".join(model.stream([], max_tokens=8, temperature=0)) == "Quick answer."
+        assert server.requests[-1][1]["model"] == "live-model"
