@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 class VideoWriter:
     """Writes one mp4: H.264 (yuv420p, main profile) + AAC, with +faststart for instant playback.
 
-    Frames are `width` x `height` (`height` defaults to `width`: square frames, e.g. video notes);
+    Frames are `width` x `height` (`height` defaults to `width`: square frames);
     both must be even, because yuv420p halves the colour planes.
     """
 
