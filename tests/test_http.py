@@ -269,7 +269,7 @@ def test_killed_mid_reply_a_retry_with_the_same_key_is_answered_once(models_inst
         "TALKTWIN_PATHS__DATA_DIR": str(tmp_path),
         "TALKTWIN_HTTP_PORT": str(port),
         "TALKTWIN_RENDER__SIZE": "256",
-        "TALKTWIN_LLM__MAX_TOKENS": "200",
+        "TALKTWIN_LLM__MAX_TOKENS": "64",  # two sentences or so: the reply only has to be in work when killed
         "TALKTWIN_LLM__TEMPERATURE": "0",
     }
     for name in ("TELEGRAM_BOT_TOKEN", "DISCORD_BOT_TOKEN"):
