@@ -131,6 +131,27 @@ def test_an_offer_without_a_microphone_is_refused_in_the_users_language(stack):
     assert udp_sockets() == sockets  # neither side's peer connection kept its sockets
 
 
+def test_a_session_made_after_its_offer_timed_out_is_closed_not_started(stack, monkeypatch):
+    """The caller got 504 and will never connect: a session finished afterwards would hold a slot
+    (unseen by max_sessions) until FIRST_AUDIO_S; it is closed as soon as it is made."""
+    components, pipeline = stack
+    hub = hub_for(pipeline)
+    monkeypatch.setattr(hub_module, "OFFER_TIMEOUT_S", 0.001)  # the avatar alone takes longer
+
+    async def run() -> None:
+        client = LiveClient()
+        try:
+            status, body = await client.connect(poster(components), "heidi")
+            assert (status, body["error"]) == (504, "timeout"), body
+            await until(lambda: not hub._opening, WAIT_S)  # the late session was made, then closed
+            assert not hub.sessions and not live_threads(), (hub.sessions, live_threads())
+        finally:
+            await client.close()
+
+    asyncio.run(run())
+    assert hub._reserved == 0
+
+
 # ---------------------------------------------------------------------- a client that vanishes
 def _snapshot(hub) -> dict:
     async def tasks() -> Counter[str]:

@@ -24,6 +24,7 @@ closes the conversation (its three threads are joined; an answer being spoken is
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -139,6 +140,7 @@ class LiveHub:
         self.sessions: dict[str, LiveSession] = {}
         self.finished: list[dict[str, Any]] = []  # the last sessions' end reasons and stats
         self._reserved = 0
+        self._opening: set[concurrent.futures.Future] = set()  # offers being answered (close waits)
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -186,13 +188,24 @@ class LiveHub:
                 wait = self._wait_s()
                 return _reply(429, "busy", _said("busy", lang, seconds=wait), retry_after_s=wait)
             self._reserved += 1
+        abandoned = threading.Event()
+        answering = self._open(sdp, user, lang, abandoned)
+        opening = asyncio.run_coroutine_threadsafe(answering, self._ensure_loop())
+        with self._lock:
+            self._opening.add(opening)
+        opening.add_done_callback(self._opened)
         try:
-            return self.call(self._open(sdp, user, lang), OFFER_TIMEOUT_S)
+            return opening.result(OFFER_TIMEOUT_S)
         except TimeoutError:
+            abandoned.set()  # the session, if it is still made, is closed instead of started
             return _reply(504, "timeout", "answering the offer took too long")
         finally:
             with self._lock:
                 self._reserved -= 1
+
+    def _opened(self, opening: concurrent.futures.Future) -> None:
+        with self._lock:
+            self._opening.discard(opening)
 
     def _wait_s(self) -> int:
         """Seconds until a running session must end at the latest (idle timeout or longest length)."""
@@ -204,7 +217,9 @@ class LiveHub:
         ]
         return max(1, round(min(ends))) if ends else 5
 
-    async def _open(self, sdp: str, user: str, lang: str) -> tuple[int, dict[str, Any]]:
+    async def _open(
+        self, sdp: str, user: str, lang: str, abandoned: threading.Event
+    ) -> tuple[int, dict[str, Any]]:
         servers = [RTCIceServer(url) for url in self.limits.ice_servers]
         pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
         try:
@@ -267,7 +282,14 @@ class LiveHub:
             await asyncio.to_thread(conversation.close)
             return _reply(400, "bad_sdp", f"cannot answer that offer: {e or type(e).__name__}")
         with self._lock:
-            self.sessions[session_id] = session
+            late = abandoned.is_set()  # the caller was told 504 and will never connect
+            if not late:
+                self.sessions[session_id] = session
+        if late:
+            log.info("live session for %s made after its offer timed out: closed", user)
+            await pc.close()
+            await asyncio.to_thread(conversation.close)
+            return _reply(504, "timeout", "answering the offer took too long")
         session.tasks = [
             asyncio.create_task(session.pacer.run(), name=f"live-pacer-{session_id}"),
             asyncio.create_task(self._listen(session, mic), name=f"live-mic-{session_id}"),
@@ -382,6 +404,10 @@ class LiveHub:
         self._closed = True
         if self._loop is None:
             return
+
+        with self._lock:
+            opening = list(self._opening)
+        concurrent.futures.wait(opening, timeout)  # an offer timed out may still be making its session
 
         async def end_all() -> None:
             sessions = list(self.sessions.values())
