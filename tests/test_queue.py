@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -28,19 +29,28 @@ from tests.redis_server import RedisServer
 from tests.test_llm import FakeOpenAIServer
 
 
-class SlowOpenAIServer(FakeOpenAIServer):
-    """Streams its pieces slowly, so a test can kill the worker while it is mid-reply."""
+class HoldingOpenAIServer(FakeOpenAIServer):
+    """Holds the requests numbered in `held` (0-based, in arrival order: the worker has one pool child,
+    so they come one at a time) open after the response headers until `release` is set, so a test
+    can kill the worker while it is certainly mid-reply; a held request is never answered. The
+    others are answered at once."""
 
-    def __init__(self, pieces: list[str], delay_s: float) -> None:
+    def __init__(self, pieces: list[str], held: set[int]) -> None:
         super().__init__(pieces)
+        self.release = threading.Event()
         handler = self.server.RequestHandlerClass
         original = handler._chunk  # type: ignore[attr-defined]
+        fake = self
 
-        def slow_chunk(this, data: bytes) -> None:
-            time.sleep(delay_s)
-            original(this, data)
+        def held_chunk(this, data: bytes) -> None:
+            if not hasattr(this, "held"):
+                this.held = len(fake.requests) - 1 in held
+                if this.held:
+                    fake.release.wait(120)
+            if not this.held:
+                original(this, data)
 
-        handler._chunk = slow_chunk  # type: ignore[attr-defined]
+        handler._chunk = held_chunk  # type: ignore[attr-defined]
 
 
 def worker_env(env: dict[str, str], tmp: Path) -> dict[str, str]:
@@ -117,7 +127,8 @@ def ask(core: Conversations, user: str, text: str) -> asyncio.Future:
 def test_queue_mode_replies_on_a_worker_and_a_killed_worker_costs_one_retry(
     redis_server: RedisServer, models_installed, tmp_path: Path
 ):
-    with SlowOpenAIServer(["Hello", " from", " a", " worker."], delay_s=0.5) as llm:
+    # requests: 0 alice; 1 bob (killed), 2 bob again; 3 and 4 carol (killed both times)
+    with HoldingOpenAIServer(["Hello", " from", " a", " worker."], held={1, 3, 4}) as llm:
         settings, env = queue_settings(redis_server.url, llm.base_url, tmp_path)
         worker = WorkerProcess(worker_env(env, tmp_path), tmp_path / "worker.log")
         components = Components.load(settings)
@@ -174,5 +185,6 @@ def test_queue_mode_replies_on_a_worker_and_a_killed_worker_costs_one_retry(
 
             asyncio.run(scenario())
         finally:
+            llm.release.set()
             components.close()
             worker.stop()
