@@ -199,7 +199,8 @@ def test_spoken_question_end_to_end(real_pipeline: ReplyPipeline, tmp_path: Path
 
 @pytest.mark.real_models
 def test_spoken_chinese_question_end_to_end(real_pipeline: ReplyPipeline, tmp_path: Path):
-    audio = voice_note(real_pipeline.synthesizer, "你好，请介绍一下你自己。", "zh", tmp_path)
+    # one sentence: a spoken Chinese answer of any length proves the path; each second is 25 frames at 512 px
+    audio = voice_note(real_pipeline.synthesizer, "你好，请用一句话介绍一下你自己。", "zh", tmp_path)
     result = real_pipeline.reply(ReplyRequest("test:e2e-zh", audio=audio), tmp_path / "answer.mp4")
     assert result.transcript.language == "zh" and "介绍" in result.transcript.text
     assert result.language == "zh" and detect_language(result.answer) == "zh"
