@@ -155,7 +155,7 @@ def test_a_mode_change_while_a_reply_waits_applies_to_the_next_reply(server, sma
         await h.wait_texts(132, "I'm still answering your previous message; this one is next.")
         server.push(message_update(bea, **command("/mode voice")))
         await h.wait_texts(132, "Replies will now come as: voice message.")
-        h.chat.delay_s = 0  # the first reply is still being written; the ones after it need not be slow
+        h.chat.delay_s = 0  # the first reply is still in work and the second waits: the rest need not be slow
         notes = await h.wait("sendVideoNote", count=2, chat_id=132)
         for note in notes:  # mp4s, as admitted; not an OGG written into a video note
             info = probe_mp4_bytes(note.files["video_note"])
