@@ -316,7 +316,8 @@ def test_cli_reply_with_sadtalker(checkpoint_dir: Path, tmp_path: Path):
         "--format",
         "video",
     ]
-    with FakeOpenAIServer(["Hi."]) as llm:
+    # "Uh." is ~0.3 s of Piper speech: 4-5 frames with the sentence pause, where "Hi." (~0.48 s) made 6
+    with FakeOpenAIServer(["Uh."]) as llm:
         env["TALKTWIN_LLM__BASE_URL"] = llm.base_url
         done = subprocess.run([*cli, "-o", str(out)], env=env, capture_output=True, text=True, timeout=1500)
     assert done.returncode == 0, done.stderr
