@@ -29,6 +29,12 @@ class UserProfile:
         if isinstance(self.voice, dict):  # from JSON
             object.__setattr__(self, "voice", VoiceSettings(**self.voice))
 
+    @property
+    def chosen_voice(self) -> VoiceSettings | None:
+        """The voice the user set with /voice; None while they kept the default, so that the
+        configured voice (`[tts]` voice, rate, volume, pitch) speaks for them."""
+        return None if self.voice == VoiceSettings() else self.voice
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

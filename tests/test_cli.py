@@ -225,3 +225,46 @@ def test_voices_lists_each_engine_and_marks_the_defaults():
     espeak_zh = run_speech_only("voices", env={**os.environ, "TALKTWIN_TTS__OFFLINE_ZH": "espeak"})
     marked = [line.split()[1:3] for line in espeak_zh.stdout.splitlines() if line.startswith("* ")]
     assert ["espeak", "zh"] in marked and ["mandarin", "zh"] not in marked
+
+
+@pytest.mark.real_models
+def test_a_reply_speaks_with_the_configured_voice_until_the_user_picks_one(tmp_path: Path):
+    """[tts] rate applies to users who never used /voice (their profile keeps the default); a voice a
+    user picked applies to them."""
+    import os
+
+    from memory.store import MemoryStore
+    from pipeline.config import load_settings
+    from pipeline.types import VoiceSettings
+    from tests.test_llm import FakeOpenAIServer
+
+    def ogg_seconds(path: Path) -> float:
+        import av
+
+        with av.open(str(path)) as media:
+            stream = media.streams.audio[0]
+            return sum(frame.samples for frame in media.decode(stream)) / stream.rate
+
+    base = {
+        "TALKTWIN_PATHS__DATA_DIR": str(tmp_path / "data"),
+        "TALKTWIN_LLM__BACKEND": "openai",
+        "TALKTWIN_LLM__MODEL": "fake",
+        "TALKTWIN_TTS__BACKEND": "piper",
+    }
+    seconds = {}
+    with FakeOpenAIServer(["Good morning, this is a sentence of a fair length."]) as llm:
+        base["TALKTWIN_LLM__BASE_URL"] = llm.base_url
+        runs = (("default", "0", "cli:ann"), ("fast", "60", "cli:ann"), ("own", "60", "cli:bo"))
+        for name, rate, user in runs:
+            if name == "own":  # bo picked a slow voice: the configured rate is not theirs
+                store = MemoryStore.from_settings(load_settings(environ=base))
+                store.update_profile(user, voice=VoiceSettings(rate=-30))
+                store.close()
+            out = tmp_path / f"{name}.ogg"
+            env = {**os.environ, **base, "TALKTWIN_TTS__RATE": rate}
+            args = ("reply", "--text", "Hi", "--format", "voice", "--user", user, "-o", str(out))
+            done = run_cli(*args, env=env)
+            assert done.returncode == 0, done.stderr
+            seconds[name] = ogg_seconds(out)
+    assert seconds["fast"] < 0.8 * seconds["default"], seconds
+    assert seconds["own"] > 1.1 * seconds["default"], seconds

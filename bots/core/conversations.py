@@ -299,7 +299,7 @@ class Conversations:
             text=text,
             audio=await asyncio.to_thread(self.blobs.put, audio) if audio is not None else None,
             avatar=avatar_ref,
-            voice=profile.voice,
+            voice=profile.chosen_voice,
             say=say,
             subtitles=subtitles,
             deadline=time.time() + self.job_patience_s,

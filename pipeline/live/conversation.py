@@ -206,7 +206,7 @@ class LiveConversation:
             raise InternalFailure(f"the {renderer.name} renderer cannot draw live (frames only at the end)")
         profile = getattr(context, "profile", None)  # a MemoryStore keeps profiles and avatars
         if self.voice is None and profile is not None:
-            self.voice = profile(self.user).voice
+            self.voice = profile(self.user).chosen_voice
         self.voice = self.voice or default_voice(self.pipeline.settings)
         if self._avatar_bytes is None and hasattr(context, "avatar"):
             self._avatar_bytes = context.avatar(self.user)
