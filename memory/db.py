@@ -20,6 +20,7 @@ from sqlalchemy import (
     create_engine,
     event,
 )
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 KEY = 160  # key columns: "platform:chat:user" fits easily
@@ -92,5 +93,13 @@ def make_engine(url: str) -> Engine:
 
     else:
         engine = create_engine(url, pool_pre_ping=True)
-    Base.metadata.create_all(engine)
-    return engine
+    for attempt in range(1, 4):
+        try:
+            Base.metadata.create_all(engine)
+            return engine
+        except DBAPIError as e:
+            # Another process opening the same new database (a second worker starting at the same
+            # moment) created a table between this one's check and its CREATE; look again.
+            if attempt == 3 or not any(s in str(e).lower() for s in ("already exists", "duplicate key")):
+                raise
+    raise AssertionError("unreachable")

@@ -370,3 +370,25 @@ def test_fact_recalled_after_six_unrelated_turns(models_installed: Settings, emb
     answer = turn("What is my name?")
     assert "zoltan" in answer.lower(), answer
     store.close()
+
+
+def test_processes_opening_a_new_database_at_once_all_get_it(tmp_path: Path):
+    """Queue workers started together against a fresh database: each creates the tables, and one that
+    finds a table made between its check and its CREATE looks again instead of dying."""
+    import multiprocessing
+
+    from memory.db import TABLES, sqlite_url
+    from tests.db_opener import open_database
+
+    context = multiprocessing.get_context("spawn")
+    for round_ in range(2):
+        url = sqlite_url(tmp_path / str(round_))
+        (tmp_path / str(round_)).mkdir()
+        start, results = context.Barrier(6), context.Queue()
+        openers = [context.Process(target=open_database, args=(url, start, results)) for _ in range(6)]
+        for opener in openers:
+            opener.start()
+        got = sorted(str(results.get(timeout=120)) for _ in openers)
+        for opener in openers:
+            opener.join(30)
+        assert got == [str(len(TABLES))] * 6, got
