@@ -378,7 +378,7 @@ def main() -> None:
         "the end (shared with other work)",
         "live_size": settings.live.size,
         "end_silence_ms": settings.live.end_silence_ms,
-        "chat_model": settings.llm.model,
+        "chat_model": settings.live.chat_model or settings.llm.model,
         "models": "own process" if settings.reply.models_process else "in the service's process",
         "load_s": round(load_s, 1),
         "with_replies": args.with_replies,
