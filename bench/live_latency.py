@@ -59,6 +59,11 @@ QUESTIONS = {
         "How do I make a good cup of tea?",
         "What should I cook for dinner tonight?",
         "Why is the sky blue?",
+        "How far away is the moon?",
+        "What is a good book to read?",
+        "How many legs does a spider have?",
+        "What is the best way to learn to swim?",
+        "Why do leaves change colour in autumn?",
     ],
     "zh": [
         "法国的首都是哪里？",
@@ -66,6 +71,11 @@ QUESTIONS = {
         "怎么泡一杯好茶？",
         "今天晚饭吃什么好？",
         "天空为什么是蓝色的？",
+        "月亮离地球有多远？",
+        "推荐一本好书吧。",
+        "蜘蛛有几条腿？",
+        "怎样才能学会游泳？",
+        "秋天的树叶为什么会变色？",
     ],
 }
 LOUD = 0.01  # RMS of received audio that counts as the answer (-40 dBFS)
