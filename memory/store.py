@@ -76,6 +76,11 @@ class MemoryStore:
         # what the persona, the answer and the question framing leave for memory
         self.budget = max(context_tokens - reserved_tokens - _PROMPT_OVERHEAD, 64)
         self.recent_turns, self.summarize = recent_turns, summarize and chat_model is not None
+        # Turns are folded into the summary a few at a time, and until then the verbatim history only
+        # grows: the prompt keeps the same beginning from one question to the next, which the chat
+        # model's prompt cache reuses (a window sliding by one turn per question, with a summary
+        # after every turn, made it re-read the whole history each time).
+        self.fold_every = max(1, recent_turns // 2)
         self._summaries_wanted = summarize
         self.summary_max_tokens = summary_max_tokens
         self.notes_share, self.knowledge_share = notes_budget, knowledge_budget
@@ -200,7 +205,7 @@ class MemoryStore:
                 select(Turn.user_text, Turn.answer)
                 .where(Turn.conversation == conversation, Turn.id > upto)
                 .order_by(Turn.id.desc())
-                .limit(self.recent_turns)
+                .limit(self.recent_turns + (self.fold_every if self.summarize else 0))
             ).all()
         picked: list[tuple[str, str]] = []
         for user_text, answer in rows:  # newest first; stop when the next older turn won't fit
@@ -227,7 +232,7 @@ class MemoryStore:
             turns = self._unsummarized(s, conversation)
         tokens = sum(estimate_tokens(t.user_text) + estimate_tokens(t.answer) for t in turns)
         history_budget = self.budget * (1 - self.notes_share - self.knowledge_share)
-        return len(turns) > self.recent_turns or tokens > history_budget
+        return len(turns) > self.recent_turns + self.fold_every or tokens > history_budget
 
     def _summarize_safely(self, conversation: str) -> None:
         try:

@@ -143,7 +143,7 @@ def test_summary_runs_in_background_and_facts_survive_it(settings: Settings):
     store.record_turn(A, A, "我叫李雷，我喜欢打篮球。", "你好，李雷！")
     chat.gate.clear()  # hold the summariser
     started = time.perf_counter()
-    for i in range(settings.memory.recent_turns + 2):
+    for i in range(store.recent_turns + store.fold_every):
         store.record_turn(A, A, f"Unrelated question {i}", f"Unrelated answer {i}")
     assert time.perf_counter() - started < 2  # the reply path never waits for the summary
     chat.gate.set()
@@ -153,8 +153,26 @@ def test_summary_runs_in_background_and_facts_survive_it(settings: Settings):
     ctx = store.context_for(A, A, "我叫什么名字？")
     assert "用户的名字是李雷。" in ctx.notes and "用户喜欢打篮球。" in ctx.notes
     assert any(n.startswith("Summary of the earlier conversation:") for n in ctx.notes)
-    assert len(ctx.history) <= 2 * settings.memory.recent_turns
+    assert len(ctx.history) <= 2 * (store.recent_turns + store.fold_every)
     assert all("我叫李雷" not in m.content for m in ctx.history)  # folded out of the verbatim part
+    store.close()
+
+
+def test_the_history_only_grows_between_folds_so_prompts_share_their_beginning(settings: Settings):
+    """The chat model's prompt cache reuses a prompt's beginning: from one question to the next the
+    history gains a turn at its end and loses none, until a few turns are folded at once."""
+    chat = ScriptedChat("A summary of the earlier turns.")
+    store = store_for(settings, chat_model=chat)
+    histories, summaries = [], []
+    for i in range(2 * (store.recent_turns + store.fold_every)):
+        store.record_turn(A, A, f"Question {i}", f"Answer {i}")
+        store.wait_idle()
+        histories.append(store.context_for(A, A, "?").history)
+        summaries.append(len(chat.calls))
+    for before, after, folded in zip(histories, histories[1:], summaries[1:], strict=False):
+        grew = after[: len(before)] == before and len(after) == len(before) + 2
+        assert grew or folded > summaries[histories.index(before)], (before, after)
+    assert 2 <= summaries[-1] <= 4  # folds every fold_every turns, not after every turn
     store.close()
 
 
@@ -242,7 +260,7 @@ def test_forget_removes_everything_and_export_has_it_first(settings: Settings, a
     store.knowledge.add_document(
         A, "diary.md", f"# Diary\n{token} keeps a diary about Quixotic plans.".encode()
     )
-    for i in range(9):
+    for i in range(store.recent_turns + store.fold_every + 1):  # enough for a summary
         store.record_turn(A, A, f"My name is {token}. Note {i}.", f"Okay {token}.")
     store.record_turn(A_GROUP, A, f"I like {token} cakes.", "Yum.")
     store.record_turn(SHARED, A, f"{token} says hi to the group.", "Hi!")
@@ -275,7 +293,7 @@ def test_forget_during_a_summary_does_not_bring_data_back(settings: Settings):
     chat = ScriptedChat("Summary mentioning Zebulon.")
     store = store_for(settings, chat_model=chat)
     chat.gate.clear()
-    for i in range(settings.memory.recent_turns + 2):
+    for i in range(store.recent_turns + store.fold_every + 1):
         store.record_turn(A, A, f"Zebulon message {i}", "ok")
     store.forget(A)
     chat.gate.set()
