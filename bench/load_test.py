@@ -510,22 +510,30 @@ def describe(report: dict) -> str:
 COMPARED = (("embedded", 1), ("queue", 1), ("queue", 2))
 
 
+def run_from(
+    args: argparse.Namespace, modes: list[str], execution: str, workers: int, worker_threads: int
+) -> dict[str, Any]:
+    """One `run` with the command line's load and limits."""
+    return asyncio.run(
+        run(
+            args.users,
+            args.messages,
+            modes,
+            args.timeout,
+            args.settle,
+            execution=execution,
+            workers=workers,
+            worker_threads=worker_threads,
+        )
+    )
+
+
 def compare(args: argparse.Namespace, modes: list[str]) -> None:
     """The three ways of running on this machine, one after the other in one run, in one report:
     each mode's figures under "<execution> · <mode>" (as `run` reports them), and one plot."""
     runs = []
     for execution, workers in COMPARED:
-        report = asyncio.run(
-            run(
-                args.users,
-                args.messages,
-                modes,
-                args.timeout,
-                args.settle,
-                execution=execution,
-                workers=workers,
-            )
-        )
+        report = run_from(args, modes, execution, workers, worker_threads=0)
         runs.append(report)
         print(describe(report), flush=True)
     merged = {
@@ -588,18 +596,7 @@ def main() -> None:
     name = "load_test" if args.mode == "embedded" else f"load_test_queue_{args.workers}w"
     args.out = args.out or PROJECT_ROOT / "bench" / "results" / f"{name}.json"
     args.plot = args.plot or PROJECT_ROOT / "docs" / f"{name}.png"
-    report = asyncio.run(
-        run(
-            args.users,
-            args.messages,
-            modes,
-            args.timeout,
-            args.settle,
-            execution=args.mode,
-            workers=args.workers,
-            worker_threads=args.worker_threads,
-        )
-    )
+    report = run_from(args, modes, args.mode, args.workers, args.worker_threads)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     args.plot.parent.mkdir(parents=True, exist_ok=True)
