@@ -79,6 +79,7 @@ class AsrSettings(Section):
     beam_size: int = Field(ge=1, le=10)
     vad: bool
     threads: int = Field(ge=0)
+    fit_window: bool = True
 
 
 class LlmSettings(Section):

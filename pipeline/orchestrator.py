@@ -135,6 +135,7 @@ class ReplyPipeline:
                 beam_size=asr.beam_size,
                 vad=asr.vad,
                 threads=asr.threads,
+                fit_window=asr.fit_window,
             ),
             chat_model=build_chat_model(settings),
             synthesizer=build_synthesizer(settings),

@@ -87,3 +87,59 @@ def test_a_short_recording_is_encoded_once_with_the_same_result(whisper: Whisper
         del model.encode
     assert encodes == [1, 2]
     assert results[0] == results[1] and results[0][0] == "en" and len(results[0][1]) == 6
+
+
+def _encoded_frames(model) -> list[int]:  # type: ignore[no-untyped-def]
+    """Record how many mel frames each encoder pass of `model` read (2 per encoder output position)."""
+    seen: list[int] = []
+    encode = type(model).encode
+
+    def recording(features):  # type: ignore[no-untyped-def]
+        output = encode(model, features)
+        seen.append(output.shape[1] * 2)
+        return output
+
+    model.encode = recording
+    return seen
+
+
+@pytest.mark.real_models
+@pytest.mark.parametrize(
+    ("lang", "text", "expected"),
+    [("en", "What is the capital of France?", "capital of france"), ("zh", "天空为什么是蓝色的？", "蓝色")],
+)
+def test_a_short_question_is_encoded_as_long_as_its_speech(
+    whisper: WhisperRecognizer, models_installed, lang: str, text: str, expected: str
+):
+    """The encoder reads the speech and a margin, not a window padded to 30 s, and the words are right."""
+    from pipeline.tts.mandarin import MandarinSynthesizer
+
+    if lang == "en":
+        voice = PiperSynthesizer(models_installed.resolve(models_installed.tts.piper_voice))
+    else:
+        voice = MandarinSynthesizer()
+    speech = voice.synthesize(text, lang, VoiceSettings())
+    frames = _encoded_frames(whisper.model)
+    try:
+        transcript = whisper.transcribe(speech.audio)
+    finally:
+        del whisper.model.encode
+    assert transcript.language == lang and expected in transcript.text.lower().replace(",", "")
+    assert frames[0] <= max(500, speech.audio.duration * 100 + 200) < 3000, frames
+    assert frames[1:] in ([], [3000]), frames  # a doubtful first pass (rare) is redone in full
+    # on the full window the words are the same
+    full = WhisperRecognizer(str(models_installed.resolve(models_installed.asr.model)), fit_window=False)
+    assert expected in full.transcribe(speech.audio).text.lower().replace(",", "")
+
+
+@pytest.mark.real_models
+def test_a_doubtful_result_on_the_fitted_window_is_decoded_again_on_the_full_one(
+    whisper: WhisperRecognizer, models_installed
+):
+    piper = PiperSynthesizer(models_installed.resolve(models_installed.tts.piper_voice))
+    speech = piper.synthesize("How many legs does a spider have?", "en", VoiceSettings())
+    model = str(models_installed.resolve(models_installed.asr.model))
+    doubtful = WhisperRecognizer(model, doubtful_logprob=0.0)  # no result is sure enough
+    frames = _encoded_frames(doubtful.model)
+    assert "spider" in doubtful.transcribe(speech.audio).text.lower()
+    assert len(frames) == 2 and frames[0] < 3000 and frames[1] == 3000, frames

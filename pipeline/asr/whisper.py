@@ -7,6 +7,9 @@ import logging
 import os
 import threading
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from pipeline.cancel import CancelToken
 from pipeline.errors import EmptyTranscript, ModelMissing
@@ -16,6 +19,9 @@ from pipeline.types import Audio, Transcript, WordTiming
 log = logging.getLogger(__name__)
 
 WHISPER_RATE = 16000
+DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # faster-whisper's fallback ladder
+FIT_MARGIN_FRAMES = 200  # 2 s of (zero) padding after the speech, as the model saw in training
+FIT_MIN_FRAMES = 500
 
 
 class WhisperRecognizer:
@@ -25,6 +31,10 @@ class WhisperRecognizer:
     registry packages) or, online only, a faster-whisper model name. The model is loaded once and
     shared; CTranslate2 models are safe to call from several threads, but on a small CPU running two
     transcriptions at once only makes both slower, so calls are serialised.
+
+    With `fit_window`, the encoder reads the recording plus 2 s instead of a window padded to 30 s: a
+    spoken question is encoded ~4x faster (on 2 cores 0.15 s instead of 0.7 s) with the same words in
+    nearly every case. A doubtful result (low confidence, repetition) is decoded again the usual way.
     """
 
     def __init__(
@@ -36,6 +46,8 @@ class WhisperRecognizer:
         beam_size: int = 1,
         vad: bool = True,
         threads: int = 0,
+        fit_window: bool = True,
+        doubtful_logprob: float = -1.0,
     ) -> None:
         if device == "auto":
             device = "cuda" if _cuda_available() else "cpu"
@@ -49,6 +61,8 @@ class WhisperRecognizer:
         )
         self.beam_size = beam_size
         self.vad = vad
+        self.fit_window = fit_window
+        self.doubtful_logprob = doubtful_logprob
         self._lock = threading.Lock()
         log.info("whisper %s on %s (%s)", model, device, compute_type)
 
@@ -58,18 +72,10 @@ class WhisperRecognizer:
         samples = resample(audio, WHISPER_RATE).samples
         token = token or CancelToken()
         with self._lock:
-            pending, info = self.model.transcribe(
-                samples,
-                language=language,
-                beam_size=self.beam_size,
-                vad_filter=self.vad,
-                word_timestamps=True,
-                condition_on_previous_text=False,
-            )
-            segments = []
-            for segment in pending:  # decoded lazily, ~30 s of audio at a time
-                token.check()
-                segments.append(segment)
+            segments, info = self._decode(samples, language, token, fit=self.fit_window)
+            if self.fit_window and any(self._doubtful(s) for s in segments):
+                log.info("whisper: a doubtful result on the fitted window; decoding the full window")
+                segments, info = self._decode(samples, language, token, fit=False)
         # Whisper sometimes writes Mandarin in traditional characters; users expect simplified.
         norm = _to_simplified if info.language == "zh" else str.strip
         words = tuple(
@@ -83,6 +89,32 @@ class WhisperRecognizer:
         if not any(ch.isalnum() for ch in text):
             raise EmptyTranscript("no words recognised")
         return Transcript(text=text, language=info.language, words=words, audio_duration=audio.duration)
+
+    def _decode(
+        self, samples: np.ndarray, language: str | None, token: CancelToken, *, fit: bool
+    ) -> tuple[list[Any], Any]:
+        self.model.fit_frames = fit
+        try:
+            pending, info = self.model.transcribe(
+                samples,
+                language=language,
+                beam_size=self.beam_size,
+                vad_filter=self.vad,
+                word_timestamps=True,
+                condition_on_previous_text=False,
+                # a fitted window gets one greedy try; its doubtful results are redone in full
+                temperature=0.0 if fit else DEFAULT_TEMPERATURES,
+            )
+            segments = []
+            for segment in pending:  # decoded lazily, ~30 s of audio at a time
+                token.check()
+                segments.append(segment)
+            return segments, info
+        finally:
+            self.model.fit_frames = False
+
+    def _doubtful(self, segment: Any) -> bool:
+        return segment.avg_logprob < self.doubtful_logprob or segment.compression_ratio > 2.4
 
 
 @functools.cache
@@ -100,6 +132,16 @@ def _one_pass_model() -> type:
 
     class OnePassWhisper(WhisperModel):
         _encoded = threading.local()
+        fit_frames = False
+
+        def encode(self, features):  # type: ignore[no-untyped-def]
+            """With `fit_frames`, only the content and a margin of the padded window are encoded."""
+            if self.fit_frames:
+                voiced = np.flatnonzero(np.any(features != 0, axis=-2))
+                content = int(voiced[-1]) + 1 if len(voiced) else 0
+                keep = min(features.shape[-1], max(FIT_MIN_FRAMES, content + FIT_MARGIN_FRAMES))
+                features = features[..., :keep]
+            return super().encode(features)
 
         def detect_language(self, audio=None, features=None, **kwargs):  # type: ignore[no-untyped-def]
             window = self.feature_extractor.nb_max_frames
