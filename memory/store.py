@@ -17,6 +17,7 @@ import logging
 import shutil
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -88,6 +89,7 @@ class MemoryStore:
         self.forget_photo = forget_photo
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memory-summary")
         self._pending: dict[str, Future[None]] = {}
+        self._held: Counter[str] = Counter()  # conversations whose summaries a live session writes
         self._lock = threading.RLock()  # orders summary writes against reset/forget
 
     def summarize_with(self, chat_model: ChatModel) -> None:
@@ -150,7 +152,25 @@ class MemoryStore:
                     s.add(FactRow(conversation=conversation, user=user, key=fact.key, text=fact.text))
                 else:
                     row.text, row.updated = fact.text, time.time()
-        if self.summarize and self._needs_summary(conversation):
+        if not self._held[conversation]:
+            self._summarize_later(conversation)
+
+    # ------------------------------------------------------------------ QuietTimeSummaries
+    def hold_summaries(self, conversation: str) -> None:
+        with self._lock:
+            self._held[conversation] += 1
+
+    def release_summaries(self, conversation: str) -> None:
+        with self._lock:
+            self._held[conversation] -= 1
+            if self._held[conversation] > 0:
+                return
+            del self._held[conversation]
+        self._summarize_later(conversation)
+
+    def _summarize_later(self, conversation: str) -> None:
+        """Start a background summary when the thread is long (one at a time per conversation)."""
+        if self.summarize and self.needs_summary(conversation):
             with self._lock:
                 pending = self._pending.get(conversation)
                 if pending is None or pending.done():
@@ -227,7 +247,10 @@ class MemoryStore:
             s.scalars(select(Turn).where(Turn.conversation == conversation, Turn.id > upto).order_by(Turn.id))
         )
 
-    def _needs_summary(self, conversation: str) -> bool:
+    def needs_summary(self, conversation: str) -> bool:
+        """More turns wait than the prompt keeps verbatim (or they outgrow its history budget)."""
+        if not self.summarize:
+            return False
         with Session(self.engine) as s:
             turns = self._unsummarized(s, conversation)
         tokens = sum(estimate_tokens(t.user_text) + estimate_tokens(t.answer) for t in turns)
@@ -240,8 +263,10 @@ class MemoryStore:
         except Exception:  # a failed summary only means older turns drop out of the prompt
             log.exception("summary of a conversation failed")
 
-    def summarize_now(self, conversation: str) -> bool:
-        """Fold the turns older than the recent window into the summary (the worker calls this)."""
+    def summarize_now(self, conversation: str, stop: Callable[[], bool] | None = None) -> bool:
+        """Fold the turns older than the recent window into the summary (the worker calls this, or a
+        live conversation in the user's quiet moments). With `stop`, the model is stopped and nothing
+        is written as soon as it returns true. True when a summary was written."""
         assert self.chat_model is not None
         with Session(self.engine) as s:
             summary = s.get(Summary, conversation)
@@ -259,7 +284,18 @@ class MemoryStore:
             f"Write the updated summary in at most {words} words."
         )
         messages = [ChatMessage("system", _SUMMARY_SYSTEM), ChatMessage("user", prompt)]
-        new = "".join(self.chat_model.stream(messages, max_tokens=self.summary_max_tokens, temperature=0.2))
+        stream = self.chat_model.stream(messages, max_tokens=self.summary_max_tokens, temperature=0.2)
+        pieces = []
+        try:
+            for piece in stream:
+                if stop is not None and stop():
+                    return False
+                pieces.append(piece)
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()  # stops the model at once when given up
+        new = "".join(pieces)
         new = trim_to_tokens(new.strip(), self.summary_max_tokens) or previous
         with self._lock, Session(self.engine) as s, s.begin():
             if s.get(Turn, last) is None:

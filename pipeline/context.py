@@ -8,8 +8,9 @@ store of its own.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from pipeline.llm.base import ChatMessage
 
@@ -33,6 +34,27 @@ class ConversationContext(Protocol):
         ...
 
     def record_turn(self, conversation: str, user: str, user_text: str, answer: str) -> None: ...
+
+
+@runtime_checkable
+class QuietTimeSummaries(Protocol):
+    """A context that folds older turns into a summary written by the chat model. A live conversation
+    holds these back and writes them itself in the user's quiet moments: a question must never wait
+    for a summary, which takes the chat model for seconds and changes the start of the prompt."""
+
+    def hold_summaries(self, conversation: str) -> None:
+        """Write no summary of `conversation` in the background until it is released."""
+        ...
+
+    def release_summaries(self, conversation: str) -> None:
+        """Back to background summaries (one starts now if the thread is long)."""
+        ...
+
+    def needs_summary(self, conversation: str) -> bool: ...
+
+    def summarize_now(self, conversation: str, stop: Callable[[], bool] | None = None) -> bool:
+        """Fold older turns into the summary now; gives up, writing nothing, as soon as `stop()`."""
+        ...
 
 
 class KnowledgeSearch(Protocol):

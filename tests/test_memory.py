@@ -23,7 +23,7 @@ from memory.profile import UserProfile
 from memory.store import MemoryStore
 from memory.tokens import estimate_tokens
 from pipeline.config import PROJECT_ROOT, Settings
-from pipeline.context import ConversationContext
+from pipeline.context import ConversationContext, QuietTimeSummaries
 from pipeline.llm.base import ChatMessage
 from pipeline.types import VoiceSettings
 
@@ -173,6 +173,46 @@ def test_the_history_only_grows_between_folds_so_prompts_share_their_beginning(s
         grew = after[: len(before)] == before and len(after) == len(before) + 2
         assert grew or folded > summaries[histories.index(before)], (before, after)
     assert 2 <= summaries[-1] <= 4  # folds every fold_every turns, not after every turn
+    store.close()
+
+
+def test_held_summaries_wait_for_the_release_and_a_stopped_one_writes_nothing(settings: Settings):
+    """A live conversation holds its thread's summaries back and writes them in quiet moments: while
+    held, no turn starts one; a summary given up (`stop`) writes nothing and stops the model's stream;
+    the release starts the one still due."""
+    chat = ScriptedChat("A summary of the earlier turns.")
+    store = store_for(settings, chat_model=chat)
+    assert isinstance(store, QuietTimeSummaries)
+    store.hold_summaries(A)
+    store.hold_summaries(A)  # two holders (two live sessions of the same thread)
+    for i in range(store.recent_turns + store.fold_every + 1):
+        store.record_turn(A, A, f"Question {i}", f"Answer {i}")
+        store.record_turn(B, B, f"Question {i}", f"Answer {i}")  # not held: summarised as usual
+    store.wait_idle()
+    assert len(chat.calls) == 1 and "Question 0" in chat.calls[0][1].content
+    assert store.needs_summary(A) and not store.needs_summary(B)
+    streams = []
+    original = chat.stream
+
+    def recorded(*args, **kwargs):  # type: ignore[no-untyped-def]
+        streams.append(original(*args, **kwargs))
+        return streams[-1]
+
+    chat.stream = recorded
+    assert store.summarize_now(A, stop=lambda: True) is False
+    assert streams[0].gi_frame is None  # closed: the model stopped
+    assert store.needs_summary(A) and not any(
+        n.startswith("Summary") for n in store.context_for(A, A, "?").notes
+    )
+    store.release_summaries(A)
+    store.wait_idle()
+    assert store.needs_summary(A) and len(streams) == 1  # still held by the other session
+    store.release_summaries(A)
+    store.wait_idle()
+    assert not store.needs_summary(A) and len(streams) == 2
+    assert any(
+        n.startswith("Summary of the earlier conversation:") for n in store.context_for(A, A, "?").notes
+    )
     store.close()
 
 

@@ -29,6 +29,8 @@ ends; if the user goes on speaking it is dropped. Whisper and the model so use t
 
 Memory and knowledge are the pipeline's own (`pipeline.context`): the conversation is the user's
 thread, as in the bots, with their avatar and voice when the context keeps profiles (MemoryStore).
+Its rolling summaries are written by the thinker in the user's quiet moments, never in the
+background while a question may be waiting for the model, and given up when the user speaks.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.cancel import Cancelled, CancelToken
+from pipeline.context import QuietTimeSummaries
 from pipeline.errors import EmptyTranscript, InternalFailure, TalkTwinError
 from pipeline.live.vad import RATE as MIC_RATE
 from pipeline.live.vad import TurnDetector
@@ -104,6 +107,7 @@ class LiveOptions:
     speech_ahead_s: float = 2.0  # answer frames drawn ahead: slack against a busy CPU
     answer_timeout_s: float = 120  # longest one answer may take to write, speak and draw
     offline_voice: bool = True  # with tts.backend "auto": the offline voice, never edge-tts's round trip
+    summary_after_quiet_s: float = 3.0  # quiet (no voice, no answer) before memory's summary is written
 
     @classmethod
     def from_settings(cls, settings: Any) -> LiveOptions:
@@ -176,7 +180,7 @@ class LiveConversation:
         self.thread = conversation or user
         self.options = options or LiveOptions.from_settings(pipeline.settings)
         self.on_event = on_event or (lambda event: None)
-        self.lang = lang  # for error messages before the user's language is heard
+        self.lang = lang  # the page's, until the user's own is heard
         # None: the user's own (their profile), else the configured default
         self.voice: VoiceSettings | None = voice
         self._avatar_bytes = avatar  # None: the user's own photo, else the default avatar
@@ -195,6 +199,8 @@ class LiveConversation:
         self._carry: np.ndarray | None = None  # audio of a turn the user went on speaking in
         self._closing = threading.Event()
         self._holding = False  # the user may be starting to speak: nothing is shown meanwhile
+        self._active_at = time.monotonic()  # the user's voice or the twin's answer, last
+        self._summaries = context if isinstance(context := pipeline.context, QuietTimeSummaries) else None
         self._threads: list[threading.Thread] = []
         self.counts = {"answers": 0, "interrupted": 0}
 
@@ -222,6 +228,8 @@ class LiveConversation:
             max_utterance_s=self.options.max_utterance_s,
         )
         self._tasks.put(("prime", None))
+        if self._summaries is not None:
+            self._summaries.hold_summaries(self.thread)
         for name, target in (("listen", self._listen), ("think", self._think), ("speak", self._speak)):
             thread = threading.Thread(target=target, name=f"live-{name}", daemon=True)
             thread.start()
@@ -250,6 +258,8 @@ class LiveConversation:
                 log.warning("live thread %s still busy after %.0f s", thread.name, timeout)
         if interrupted is not None:
             self._record(interrupted, cut=True)
+        if self._summaries is not None:
+            self._summaries.release_summaries(self.thread)  # a summary still due is written now
 
     @property
     def busy(self) -> bool:
@@ -296,6 +306,7 @@ class LiveConversation:
             ended = self._answers.get(frame.ending) if frame.ending else None
             if ended is not None and not ended.finished:
                 ended.finished = True
+                self._active_at = time.monotonic()
                 if self._current is ended:
                     self._current = None
                 self._tasks.put(("record", ended))
@@ -325,6 +336,8 @@ class LiveConversation:
                 log.exception("voice activity detection failed")
                 self._error(InternalFailure("voice activity detection failed"))
                 continue
+            if events or self._detector.speaking:
+                self._active_at = time.monotonic()
             for event in events:
                 if event.kind in ("maybe", "nothing"):
                     with self._cond:  # hold the twin only while it is speaking
@@ -426,7 +439,11 @@ class LiveConversation:
     # ------------------------------------------------------------------ thinker
     def _think(self) -> None:
         while True:
-            task = self._tasks.get()
+            try:
+                task = self._tasks.get(timeout=0.5)
+            except queue.Empty:
+                self._summarize_if_quiet()
+                continue
             if task is None:
                 return
             kind, answer = task
@@ -441,10 +458,10 @@ class LiveConversation:
                 log.exception("live %s failed", kind)
 
     def _prime(self) -> None:
-        """Have the chat model read this user's prompt (persona, notes, recent turns) in the page's
-        language before they ask: llama.cpp keeps what it has read (its prompt cache holds several
-        prompts), so the first question costs its own few tokens instead of the whole prompt (~1.7 s
-        on 2 cores). One language only: a question waits for the priming in progress."""
+        """Have the chat model read this user's prompt (persona, notes, recent turns) in their language
+        (the page's until it is heard) before they ask: llama.cpp keeps what it has read (its prompt
+        cache holds several prompts), so the next question costs its own few tokens instead of the
+        whole prompt (~1.7 s on 2 cores). A question waits for the priming in progress."""
         if not self._tasks.empty() or self._closing.is_set():
             return
         context = self.pipeline.context.context_for(self.thread, self.user, "")
@@ -454,6 +471,32 @@ class LiveConversation:
                 pass
         except Exception as e:  # a model that cannot answer now says so on the first question
             log.info("could not prime the chat model: %s", e)
+
+    def _summarize_if_quiet(self) -> None:
+        """Write memory's summary while the user is quiet; give up the moment they speak, so that a
+        question waits at most for the prompt the model is reading (its batch cannot be stopped).
+        The new summary changes the start of the prompt: it is read again (primed) at once."""
+        if self._summaries is None or self._closing.is_set() or self.busy:
+            return
+        if time.monotonic() - self._active_at < self.options.summary_after_quiet_s:
+            return
+        if not self._summaries.needs_summary(self.thread):
+            return
+        started = time.monotonic()
+
+        def stop() -> bool:
+            return self._active_at > started or not self._tasks.empty() or self._closing.is_set()
+
+        try:
+            written = self._summaries.summarize_now(self.thread, stop=stop)
+        except Exception:
+            log.exception("live summary failed")
+            self._active_at = time.monotonic() + 60  # not again for a while
+            return
+        took = time.monotonic() - started
+        log.info("live summary %s in %.1f s", "written" if written else "given up", took)
+        if written:
+            self._prime()
 
     def _answer(self, answer: _Answer) -> None:
         pipeline, token = self.pipeline, answer.token
@@ -468,6 +511,8 @@ class LiveConversation:
             token.check()
             answer.language = "zh" if transcript.language.startswith(("zh", "yue")) else transcript.language
             answer.question = transcript.text
+            if answer.language in ("en", "zh"):
+                self.lang = answer.language  # errors, and the prompt primed after a summary
             self._announce(answer)
             t0 = time.perf_counter()
             context = pipeline.context.context_for(self.thread, self.user, answer.question)
