@@ -221,11 +221,12 @@ class MemoryStore:
         with Session(self.engine) as s:
             summary = s.get(Summary, conversation)
             upto = summary.upto_turn if summary else 0
+            waiting = s.scalar(select(func.count()).where(Turn.conversation == conversation, Turn.id > upto))
             rows = s.execute(
                 select(Turn.user_text, Turn.answer)
                 .where(Turn.conversation == conversation, Turn.id > upto)
                 .order_by(Turn.id.desc())
-                .limit(self.recent_turns + (self.fold_every if self.summarize else 0))
+                .limit(self._verbatim_turns(waiting or 0))
             ).all()
         picked: list[tuple[str, str]] = []
         for user_text, answer in rows:  # newest first; stop when the next older turn won't fit
@@ -238,6 +239,19 @@ class MemoryStore:
         for user_text, answer in reversed(picked):
             history += [ChatMessage("user", user_text), ChatMessage("assistant", answer)]
         return tuple(history)
+
+    def _verbatim_turns(self, waiting: int) -> int:
+        """How many of the `waiting` (unsummarised) turns the prompt keeps verbatim. While a summary is
+        late (still being written, or held by a live conversation), the oldest turns drop out a fold
+        at a time, as a summary would fold them: the prompt's beginning stays the same for
+        `fold_every` questions, where a window sliding by one turn would change it on every one."""
+        if not self.summarize:
+            return self.recent_turns
+        most = self.recent_turns + self.fold_every
+        if waiting <= most:
+            return waiting
+        late = -(-(waiting - most) // self.fold_every) * self.fold_every
+        return waiting - late
 
     # ------------------------------------------------------------------ rolling summary
     def _unsummarized(self, s: Session, conversation: str) -> list[Turn]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -213,6 +214,27 @@ def test_held_summaries_wait_for_the_release_and_a_stopped_one_writes_nothing(se
     assert any(
         n.startswith("Summary of the earlier conversation:") for n in store.context_for(A, A, "?").notes
     )
+    store.close()
+
+
+def test_while_a_summary_is_late_old_turns_drop_out_a_fold_at_a_time(settings: Settings):
+    """Summaries held back (a live conversation) or slow: the verbatim history keeps its beginning for
+    `fold_every` questions at a time, as folding would, instead of sliding by one turn per question
+    (which makes the chat model re-read the whole history every time)."""
+    chat = ScriptedChat("A summary of the earlier turns.")
+    store = store_for(settings, chat_model=chat)
+    store.hold_summaries(A)
+    least, most = store.recent_turns, store.recent_turns + store.fold_every
+    firsts = []
+    for i in range(3 * most):
+        store.record_turn(A, A, f"Question {i}", f"Answer {i}")
+        history = store.context_for(A, A, "?").history
+        assert min(i + 1, least) <= len(history) // 2 <= most and history[-1].content == f"Answer {i}"
+        firsts.append(history[0].content)
+    changes = [i for i in range(1, len(firsts)) if firsts[i] != firsts[i - 1]]
+    assert len(changes) >= 4 and {b - a for a, b in itertools.pairwise(changes)} == {store.fold_every}
+    assert not chat.calls  # held: nothing was summarised meanwhile
+    store.release_summaries(A)
     store.close()
 
 

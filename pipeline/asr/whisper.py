@@ -76,8 +76,13 @@ class WhisperRecognizer:
             if self.fit_window and any(self._doubtful(s) for s in segments):
                 log.info("whisper: a doubtful result on the fitted window; decoding the full window")
                 segments, info = self._decode(samples, language, token, fit=False)
-        # Whisper sometimes writes Mandarin in traditional characters; users expect simplified.
-        norm = _to_simplified if info.language == "zh" else str.strip
+        # Whisper sometimes writes Mandarin in traditional characters; users expect simplified. A
+        # character split across byte tokens it never finished comes out as U+FFFD: dropped.
+        simplify = _to_simplified if info.language == "zh" else str.strip
+
+        def norm(text: str) -> str:
+            return simplify(text.replace("\ufffd", ""))
+
         words = tuple(
             WordTiming(norm(w.word), w.start, w.end)
             for s in segments

@@ -454,6 +454,7 @@ class LiveConversation:
                     self._answer(answer)
                 else:
                     self._record(answer, cut=kind == "record_cut")
+                    self._prime()  # the next prompt ends with this turn: read it now, not then
             except Exception:
                 log.exception("live %s failed", kind)
 
