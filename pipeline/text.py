@@ -10,6 +10,7 @@ _LATIN = re.compile(r"[A-Za-z]")
 # Sentence ends: CJK full stops end a sentence at once; Latin ones need a following space or the end.
 _CJK_END = "。！？!?；;…"
 _LATIN_END = ".!?"
+_CLAUSE_END = ",，、:："
 _MARKDOWN = re.compile(r"(\*\*|__|`+|^#+\s*|^\s*[-*+]\s+|^\s*\d+\.\s+)", re.MULTILINE)
 _EMOJI = re.compile("[\U0001f000-\U0001faff\u2600-\u27bf\ufe0f\u200d]")
 _SPACES = re.compile(r"\s+")
@@ -113,12 +114,18 @@ class SentenceSplitter:
     The pipeline speaks and renders sentence k while the model is still writing sentence k+1, so a
     sentence is released at its end mark, not at the end of the answer. Very short fragments are
     held back and joined to the next sentence (a lone "OK." makes a choppy clip).
+
+    With `first_clause_chars`, the first piece may end at a clause mark (a comma, 、 or a colon)
+    once it is that long: a live answer starts speaking after "To make a good cup of tea," instead
+    of waiting for the model to finish the whole first sentence (~1 s on 2 cores).
     """
 
-    def __init__(self, min_chars: int = 12, max_chars: int = 220) -> None:
+    def __init__(self, min_chars: int = 12, max_chars: int = 220, first_clause_chars: int = 0) -> None:
         self.min_chars = min_chars
         self.max_chars = max_chars
+        self.first_clause_chars = first_clause_chars
         self._buf = ""
+        self._released = False
 
     def feed(self, piece: str) -> list[str]:
         self._buf += piece
@@ -127,6 +134,7 @@ class SentenceSplitter:
             sentence, self._buf = self._buf[:cut].strip(), self._buf[cut:]
             if sentence:
                 out.append(sentence)
+                self._released = True
         return out
 
     def flush(self) -> list[str]:
@@ -144,6 +152,8 @@ class SentenceSplitter:
                 nxt = buf[i + 1 :].lstrip()[:1]
                 if nxt and not nxt.islower():
                     end = i + 1
+            elif ch in _CLAUSE_END and self._clause_ends_at(i):
+                return i + 1
             if end is not None:
                 while end < len(buf) and buf[end] in _CJK_END + _LATIN_END + "\"'”’）)":
                     end += 1
@@ -152,6 +162,15 @@ class SentenceSplitter:
             if i + 1 >= self.max_chars and ch in " ，,、":
                 return i + 1
         return None
+
+    def _clause_ends_at(self, i: int) -> bool:
+        """The first piece may end at the clause mark at `i`."""
+        if not self.first_clause_chars or self._released:
+            return False
+        buf = self._buf
+        # "384,400" or "3:30" are not clauses: a Latin mark needs a space after it
+        spaced = buf[i] not in ",:" or (i + 1 < len(buf) and buf[i + 1].isspace())
+        return spaced and _weight(buf[: i + 1].strip()) >= self.first_clause_chars
 
 
 def _weight(text: str) -> int:

@@ -58,6 +58,32 @@ def test_english_sentences_stream_out_as_soon_as_complete():
     assert splitter.flush() == ["Thanks!"]
 
 
+@pytest.mark.parametrize(
+    ("pieces", "expected"),
+    [
+        (  # the first clause goes at once, the rest by sentence
+            ["To make a good", " cup of tea,", " start with fresh water,", " then steep it. Enjoy", " it!"],
+            ["To make a good cup of tea,", "start with fresh water, then steep it.", "Enjoy it!"],
+        ),
+        (
+            ["Sure, Paris is", " the capital of France."],
+            ["Sure, Paris is the capital of France."],
+        ),  # too short
+        (
+            ["The moon is 384,400 km", " away: far."],
+            ["The moon is 384,400 km away:", "far."],
+        ),  # no space: a number
+        (["泡一杯好茶，", "先用新鲜的水，", "再放茶叶。"], ["泡一杯好茶，", "先用新鲜的水，再放茶叶。"]),
+    ],
+)
+def test_a_live_answer_may_start_with_its_first_clause(pieces: list[str], expected: list[str]):
+    splitter = SentenceSplitter(first_clause_chars=10)
+    out = [sentence for piece in pieces for sentence in splitter.feed(piece)] + splitter.flush()
+    assert out == expected
+    # without the option, whole sentences only
+    assert "".join(SentenceSplitter().feed("To make a good cup of tea, start")) == ""
+
+
 def test_chinese_sentences_split_on_full_width_marks():
     assert split_sentences("北京有很多好玩的地方，比如故宫。长城也很值得一去！你想去哪里？") == [
         "北京有很多好玩的地方，比如故宫。",

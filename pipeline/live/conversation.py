@@ -108,6 +108,7 @@ class LiveOptions:
     answer_timeout_s: float = 120  # longest one answer may take to write, speak and draw
     offline_voice: bool = True  # with tts.backend "auto": the offline voice, never edge-tts's round trip
     summary_after_quiet_s: float = 3.0  # quiet (no voice, no answer) before memory's summary is written
+    first_clause_chars: int = 10  # the first thing said may be a clause this long (0: a whole sentence)
 
     @classmethod
     def from_settings(cls, settings: Any) -> LiveOptions:
@@ -220,6 +221,7 @@ class LiveConversation:
         self.avatar = square_avatar(renderer.prepare(image, self.options.size))
         self.chat_model = live_chat_model(self.pipeline)
         self._session = renderer.session(self.avatar, fps=self.options.fps)
+        resample(Audio(np.zeros(441, np.float32), 22050), self.options.sample_rate)  # imports scipy (~1 s)
         self._detector = TurnDetector(
             threshold=self.options.vad_threshold,
             min_speech_ms=self.options.min_speech_ms,
@@ -467,11 +469,13 @@ class LiveConversation:
             return
         context = self.pipeline.context.context_for(self.thread, self.user, "")
         messages = self.pipeline._messages("你好" if self.lang == "zh" else "Hi", self.lang, context)
+        started = time.perf_counter()
         try:
             for _ in self.chat_model.stream(messages, max_tokens=1, temperature=0):
                 pass
         except Exception as e:  # a model that cannot answer now says so on the first question
             log.info("could not prime the chat model: %s", e)
+        log.info("live: primed the chat model in %.2f s", time.perf_counter() - started)
 
     def _summarize_if_quiet(self) -> None:
         """Write memory's summary while the user is quiet; give up the moment they speak, so that a
@@ -521,7 +525,12 @@ class LiveConversation:
             answer.timings.add("context", time.perf_counter() - t0)
             t0 = time.perf_counter()
             sentences = pipeline._answer_sentences(
-                messages, answer.timings, token, AnswerEnding(), self.chat_model
+                messages,
+                answer.timings,
+                token,
+                AnswerEnding(),
+                self.chat_model,
+                first_clause_chars=self.options.first_clause_chars,
             )
             try:
                 for sentence in sentences:
