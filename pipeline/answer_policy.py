@@ -676,6 +676,11 @@ def _planned(
     retry: ChatStream | None = None
     try:
         answer, finish = yield from _held(stream, None if hold_all else LOOK_AHEAD_WORDS, release_at)
+        if finish is _MORE and is_parroting(answer, plan.question):
+            # an answer often begins by restating the question ("To make a good cup of tea, start…"):
+            # read on before calling it a copy (a retry costs the user a second answer's wait)
+            more, finish = yield from _held(stream, LOOK_AHEAD_WORDS, release_at)
+            answer += more
         copied, refused = is_parroting(answer, plan.question), is_refusal(answer)
         if (copied or refused) and time.monotonic() < release_at:
             stream.close()

@@ -325,6 +325,21 @@ def test_an_answer_that_does_not_copy_streams_on_after_the_look_ahead():
     assert pieces > 10  # one held piece, then the words one by one as the model writes them
 
 
+def test_an_answer_that_begins_by_restating_the_question_is_read_on_not_asked_again():
+    """The look-ahead alone ("To make a really good cup of green") is all the question's words: the
+    answer is read further before it is judged, and goes out as the model wrote it."""
+    question = "How do I make a really good cup of green tea?"
+    answer = "To make a really good cup of green tea, use water at about eighty degrees."
+    assert is_parroting("To make a really good cup of green", question)  # what the look-ahead sees
+    chat = FakeChat(answer)
+    text, finish, _ = run(respond(chat, messages_for(question), max_tokens=96, temperature=0))
+    assert (text, finish, len(chat.calls)) == (answer, "stop", 1)
+    # a question copied back and going on copying is still asked for again
+    chat = FakeChat(f"{question} {question}", answer)
+    assert run(respond(chat, messages_for(question), max_tokens=96, temperature=0))[0] == answer
+    assert len(chat.calls) == 2
+
+
 def test_stopping_a_held_answer_stops_the_model():
     closed = []
 

@@ -577,6 +577,8 @@ class LiveConversation:
             answer.token.check()
             if self._closing.is_set():
                 raise Cancelled("the conversation closed")
+        if not answer.written:  # when the speaker got it, from the end of the turn
+            answer.timings.add("to_speaker_at", time.monotonic() - answer.heard_at)
         answer.written.append(sentence)
         self._to_speaker(answer, sentence, speech)
 
@@ -693,6 +695,7 @@ class LiveConversation:
                 first = False
             if done == 0 and "render_first" not in answer.timings.seconds:
                 answer.timings.add("render_first", time.perf_counter() - t0)
+                answer.timings.add("drawn_at", time.monotonic() - answer.heard_at)
             if not self._push(frames, start + done, answer):
                 return
             done += len(frames)
