@@ -32,6 +32,7 @@ from memory.store import MemoryStore
 from pipeline.config import Settings
 from pipeline.orchestrator import ReplyPipeline
 from pipeline.render.factory import renders_on_gpu
+from pipeline.tts.factory import default_voice
 
 log = logging.getLogger(__name__)
 VOICES = {"auto": "auto: edge-tts when reachable, else Piper (English) / Mandarin (Chinese) / espeak-ng"}
@@ -91,6 +92,7 @@ class Components:
             check_photo=check_photo,
             frame=settings.render.frame,
             job_patience_s=job_patience_s(settings),
+            default_voice=default_voice(settings),
         )
 
     @classmethod

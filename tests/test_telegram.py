@@ -30,6 +30,7 @@ from memory.store import MemoryStore
 from pipeline.config import Settings, load_settings
 from pipeline.llm.base import ChatMessage
 from pipeline.orchestrator import ReplyPipeline
+from pipeline.types import VoiceSettings
 from tests.bot_helpers import AnswerRecorder, RuleChat, SlowJobStore, portrait, probe_mp4_bytes
 from tests.fakes.telegram_server import (
     BOT_ID,
@@ -188,6 +189,35 @@ def test_commands_answer_in_the_users_language(server, small_settings, stages):
         assert server.texts(102)[4].startswith("I didn't understand that.")
 
     Harness(server, small_settings, stages).run(scenario)
+
+
+def test_voice_shows_and_changes_the_voice_the_user_hears(server, tmp_path: Path, stages):
+    """/voice starts from the configured voice ([tts] rate 10, pitch 5), not from zero offsets, and a
+    change keeps the configured parts; reset goes back to following the settings."""
+    settings = load_settings(
+        environ={
+            "TALKTWIN_PATHS__DATA_DIR": str(tmp_path / "data"),
+            "TALKTWIN_RENDER__SIZE": "256",
+            "TALKTWIN_TTS__RATE": "10",
+            "TALKTWIN_TTS__PITCH": "5",
+        }
+    )
+    mia = user(109)
+    key = user_key("telegram", 109)
+
+    async def scenario(h: Harness) -> None:
+        async def say(line: str, n: int) -> str:
+            server.push(message_update(mia, **command(line)))
+            await h.wait("sendMessage", n, chat_id=109)
+            return server.texts(109)[n - 1]
+
+        assert "rate +10%, pitch +5 Hz, volume 100" in await say("/voice", 1)
+        assert "rate +10%, pitch +5 Hz, volume 80" in await say("/voice volume 80", 2)
+        assert h.memory.profile(key).chosen_voice == VoiceSettings("", 10, 80, 5)
+        assert "rate +10%, pitch +5 Hz, volume 100" in await say("/voice reset", 3)
+        assert h.memory.profile(key).chosen_voice is None  # follows the settings again
+
+    Harness(server, settings, stages).run(scenario)
 
 
 def test_photo_becomes_the_avatar_used_for_the_next_reply(server, small_settings, stages):

@@ -29,6 +29,7 @@ from knowledge.base import KnowledgeBase
 from memory.store import MemoryStore
 from pipeline.cancel import CancelToken
 from pipeline.errors import EmptyText, InternalFailure, TalkTwinError
+from pipeline.types import VoiceSettings
 
 log = logging.getLogger(__name__)
 PURGE_EVERY_S = 3600
@@ -79,6 +80,7 @@ class Conversations:
         check_photo: Callable[[bytes], object],
         frame: str = "square",
         job_patience_s: float = 420.0,
+        default_voice: VoiceSettings | None = None,
     ) -> None:
         self.memory = memory
         self.knowledge = knowledge
@@ -89,11 +91,22 @@ class Conversations:
         self.check_photo = check_photo  # raises NoFaceFound and friends for a photo that cannot be used
         self.frame = frame
         self.job_patience_s = job_patience_s  # from acceptance until an answer is no use any more
+        self.default_voice = default_voice or VoiceSettings()  # [tts]: for users who chose none
         self._arrivals: dict[str, asyncio.Lock] = {}
         self._one_off: set[str] = set()  # blob refs of avatars sent for one reply only
         self._purged_at = 0.0
 
     # ------------------------------------------------------------------ who is talking
+    def voice_of(self, user: str) -> VoiceSettings:
+        """The voice the user hears: their own (/voice), else the configured one."""
+        return self.memory.profile(user).chosen_voice or self.default_voice
+
+    def set_voice(self, user: str, voice: VoiceSettings | None) -> VoiceSettings:
+        """Keep the user's voice (None: back to the configured one); returns the voice they now hear.
+        A choice equal to the configured voice is kept as no choice, so it follows the settings."""
+        own = VoiceSettings() if voice is None or voice == self.default_voice else voice
+        return self.memory.update_profile(user, voice=own).chosen_voice or self.default_voice
+
     async def language(self, user: str, locale: str | None = None) -> str:
         """The user's language: their /lang choice, else the platform's locale, else English."""
         profile = await asyncio.to_thread(self.memory.profile, user)

@@ -183,16 +183,16 @@ def register_commands(tree: app_commands.CommandTree, bot: DiscordBot) -> None:
         if lang is None:
             return
         key = bot.user_key(interaction.user)
-        stored = (await asyncio.to_thread(bot.memory.profile, key)).voice
-        current = VoiceSettings() if reset else stored
+        heard = await asyncio.to_thread(bot.core.voice_of, key)
+        current = bot.core.default_voice if reset else heard
         changed = VoiceSettings(
             name if name is not None else current.voice,
             rate if rate is not None else current.rate,
             volume if volume is not None else current.volume,
             pitch if pitch is not None else current.pitch,
         )
-        if changed != stored:
-            await asyncio.to_thread(bot.memory.update_profile, key, voice=changed)
+        if reset or changed != heard:
+            changed = await asyncio.to_thread(bot.core.set_voice, key, None if reset else changed)
         line = t(
             "dc_voice_current",
             lang,

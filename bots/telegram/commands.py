@@ -47,14 +47,16 @@ class CommandHandlers:
         user, message = update.effective_user, update.effective_message
         assert user is not None and message is not None
         key, lang = self._user(user), self.language_of(user)
-        voice = self.memory.profile(key).voice
+        voice = self.core.voice_of(key)
         args = context.args or []
-        if args:
-            voice = _changed_voice(voice, args)
-            if voice is None:
+        if args and args[0].lower() == "reset":
+            voice = self.core.set_voice(key, None)
+        elif args:
+            changed = _changed_voice(voice, args)
+            if changed is None:
                 await message.reply_text(t("voice_bad", lang))
                 return
-            self.memory.update_profile(key, voice=voice)
+            voice = self.core.set_voice(key, changed)
         await message.reply_text(
             t(
                 "voice_current",
@@ -160,10 +162,8 @@ class CommandHandlers:
 
 
 def _changed_voice(voice: VoiceSettings, args: list[str]) -> VoiceSettings | None:
-    """Apply `/voice rate +20` style arguments; None when they make no sense."""
+    """Apply `/voice rate +20` style arguments to `voice`; None when they make no sense."""
     what = args[0].lower()
-    if what == "reset":
-        return VoiceSettings()
     if len(args) < 2:
         return None
     if what == "name":
