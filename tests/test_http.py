@@ -287,10 +287,13 @@ def test_killed_mid_reply_a_retry_with_the_same_key_is_answered_once(models_inst
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                # healthy, and every adapter started: the banner is printed after the last one
+                healthy = httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+                if healthy and "TalkTwin is running" in (tmp_path / "stdout.txt").read_text():
                     return service
             except httpx.HTTPError:
-                time.sleep(0.3)
+                pass
+            time.sleep(0.3)
         service.kill()
         raise RuntimeError("the service did not start")
 
