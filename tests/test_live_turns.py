@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from memory.keys import user_key
-from pipeline.live.conversation import LiveConversation, LiveOptions
+from pipeline.live.conversation import LiveConversation
+from pipeline.live.options import LiveOptions
 from pipeline.live.vad import RATE, TurnDetector
 from pipeline.media.audio_input import resample
 from pipeline.orchestrator import ReplyPipeline
@@ -234,7 +235,7 @@ class _Pipeline:
 def test_live_conversations_can_answer_with_a_model_of_their_own(tmp_path):
     """`[live] chat_model`: live answers come from that model (built once), replies keep theirs."""
     from pipeline.config import load_settings
-    from pipeline.live.conversation import live_chat_model
+    from pipeline.live.options import live_chat_model
     from tests.helpers import ScriptedChat
     from tests.test_llm import FakeOpenAIServer
 

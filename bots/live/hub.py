@@ -41,7 +41,8 @@ from aiortc.mediastreams import MediaStreamError
 
 from bots.live.tracks import Pacer, QueueTrack
 from pipeline.errors import InternalFailure, TalkTwinError
-from pipeline.live.conversation import LiveConversation, LiveOptions
+from pipeline.live.conversation import LiveConversation
+from pipeline.live.options import LiveOptions
 from pipeline.live.vad import RATE as MIC_RATE
 
 log = logging.getLogger(__name__)

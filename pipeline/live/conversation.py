@@ -29,8 +29,8 @@ ends; if the user goes on speaking it is dropped. Whisper and the model so use t
 
 Memory and knowledge are the pipeline's own (`pipeline.context`): the conversation is the user's
 thread, as in the bots, with their avatar and voice when the context keeps profiles (MemoryStore).
-Its rolling summaries are written by the thinker in the user's quiet moments, never in the
-background while a question may be waiting for the model, and given up when the user speaks.
+The thinker keeps the chat model's prompt read ahead and writes memory's summaries in the user's
+quiet moments (pipeline/live/warm_prompt.py).
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ import math
 import queue
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -50,11 +49,11 @@ from typing import Any
 import numpy as np
 
 from pipeline.cancel import Cancelled, CancelToken
-from pipeline.context import QuietTimeSummaries
 from pipeline.errors import EmptyTranscript, InternalFailure, TalkTwinError
+from pipeline.live.options import LiveOptions, live_chat_model
 from pipeline.live.vad import RATE as MIC_RATE
 from pipeline.live.vad import TurnDetector
-from pipeline.llm.base import ChatModel
+from pipeline.live.warm_prompt import WarmPrompt
 from pipeline.media.audio_input import resample
 from pipeline.orchestrator import NO_ANSWER, AnswerEnding, ReplyPipeline
 from pipeline.render.base import PreparedAvatar
@@ -69,67 +68,6 @@ EventSink = Callable[[dict[str, Any]], None]
 # Appended to an answer the user interrupted, in the turn memory keeps (the model reads it next time).
 CUT_OFF = {"en": " … [cut off: the user interrupted]", "zh": "……【被用户打断】"}
 SENTENCE_PAUSE_S = 0.12  # breath after each sentence, as in recorded replies
-_live_chat_models: weakref.WeakKeyDictionary[ReplyPipeline, ChatModel] = weakref.WeakKeyDictionary()
-_live_chat_lock = threading.Lock()
-
-
-def live_chat_model(pipeline: ReplyPipeline) -> ChatModel:
-    """What live conversations over `pipeline` answer with: `[live] chat_model` (for the embedded
-    backend a GGUF file, for a server a model name), built once per pipeline and kept while it lives,
-    or the pipeline's own when that is not set."""
-    settings = pipeline.settings
-    wanted = getattr(getattr(settings, "live", None), "chat_model", "")
-    if not wanted or wanted == settings.llm.model:
-        return pipeline.chat_model
-    with _live_chat_lock:
-        model = _live_chat_models.get(pipeline)
-        if model is None:
-            from pipeline.llm.factory import build_chat_model
-
-            own = settings.model_copy(update={"llm": settings.llm.model_copy(update={"model": wanted})})
-            model = _live_chat_models[pipeline] = build_chat_model(own)
-        return model
-
-
-@dataclass(frozen=True)
-class LiveOptions:
-    """How a live conversation listens and draws (the `[live]` settings)."""
-
-    size: int = 256  # frame side in pixels
-    fps: int = 25
-    sample_rate: int = 48000  # of the audio that leaves with the frames
-    vad_threshold: float = 0.5
-    min_speech_ms: float = 128  # speech needed to start a turn, and to interrupt the twin
-    end_silence_ms: float = 400  # silence that ends the user's turn
-    think_after_ms: float = 160  # silence after which an answer is started, shown once the turn ends
-    max_utterance_s: float = 30
-    idle_ahead: int = 3  # idle frames drawn ahead of the one on screen (latency of an answer's start)
-    speech_ahead_s: float = 2.0  # answer frames drawn ahead: slack against a busy CPU
-    answer_timeout_s: float = 120  # longest one answer may take to write, speak and draw
-    offline_voice: bool = True  # with tts.backend "auto": the offline voice, never edge-tts's round trip
-    summary_after_quiet_s: float = 3.0  # quiet (no voice, no answer) before memory's summary is written
-    first_clause_chars: int = 10  # the first thing said may be a clause this long (0: a whole sentence)
-
-    @classmethod
-    def from_settings(cls, settings: Any) -> LiveOptions:
-        live = getattr(settings, "live", None)
-        if live is None:
-            return cls(fps=settings.render.fps)
-        return cls(
-            size=live.size,
-            fps=settings.render.fps,
-            vad_threshold=live.vad_threshold,
-            min_speech_ms=live.min_speech_ms,
-            end_silence_ms=live.end_silence_ms,
-            think_after_ms=live.think_after_ms,
-            max_utterance_s=live.max_utterance_s,
-            answer_timeout_s=settings.reply.timeout_s,
-            offline_voice=live.offline_voice,
-        )
-
-    @property
-    def samples_per_frame(self) -> int:
-        return self.sample_rate // self.fps
 
 
 @dataclass(frozen=True)
@@ -201,7 +139,7 @@ class LiveConversation:
         self._closing = threading.Event()
         self._holding = False  # the user may be starting to speak: nothing is shown meanwhile
         self._active_at = time.monotonic()  # the user's voice or the twin's answer, last
-        self._summaries = context if isinstance(context := pipeline.context, QuietTimeSummaries) else None
+        self._warm: WarmPrompt | None = None  # the chat model's prompt, read ahead (start())
         self._threads: list[threading.Thread] = []
         self.counts = {"answers": 0, "interrupted": 0}
 
@@ -220,6 +158,7 @@ class LiveConversation:
         image = self._avatar_bytes or self.pipeline._default_avatar_bytes
         self.avatar = square_avatar(renderer.prepare(image, self.options.size))
         self.chat_model = live_chat_model(self.pipeline)
+        self._warm = WarmPrompt(self.pipeline, self.chat_model, thread=self.thread, user=self.user)
         self._session = renderer.session(self.avatar, fps=self.options.fps)
         resample(Audio(np.zeros(441, np.float32), 22050), self.options.sample_rate)  # imports scipy (~1 s)
         self._detector = TurnDetector(
@@ -230,8 +169,7 @@ class LiveConversation:
             max_utterance_s=self.options.max_utterance_s,
         )
         self._tasks.put(("prime", None))
-        if self._summaries is not None:
-            self._summaries.hold_summaries(self.thread)
+        self._warm.hold_summaries()
         for name, target in (("listen", self._listen), ("think", self._think), ("speak", self._speak)):
             thread = threading.Thread(target=target, name=f"live-{name}", daemon=True)
             thread.start()
@@ -260,8 +198,8 @@ class LiveConversation:
                 log.warning("live thread %s still busy after %.0f s", thread.name, timeout)
         if interrupted is not None:
             self._record(interrupted, cut=True)
-        if self._summaries is not None:
-            self._summaries.release_summaries(self.thread)  # a summary still due is written now
+        if self._warm is not None:
+            self._warm.release_summaries()  # a summary still due is written now
 
     @property
     def busy(self) -> bool:
@@ -461,47 +399,24 @@ class LiveConversation:
                 log.exception("live %s failed", kind)
 
     def _prime(self) -> None:
-        """Have the chat model read this user's prompt (persona, notes, recent turns) in their language
-        (the page's until it is heard) before they ask: llama.cpp keeps what it has read (its prompt
-        cache holds several prompts), so the next question costs its own few tokens instead of the
-        whole prompt (~1.7 s on 2 cores). A question waits for the priming in progress."""
-        if not self._tasks.empty() or self._closing.is_set():
-            return
-        context = self.pipeline.context.context_for(self.thread, self.user, "")
-        messages = self.pipeline._messages("你好" if self.lang == "zh" else "Hi", self.lang, context)
-        started = time.perf_counter()
-        try:
-            for _ in self.chat_model.stream(messages, max_tokens=1, temperature=0):
-                pass
-        except Exception as e:  # a model that cannot answer now says so on the first question
-            log.info("could not prime the chat model: %s", e)
-        log.info("live: primed the chat model in %.2f s", time.perf_counter() - started)
+        assert self._warm is not None
+        if self._tasks.empty() and not self._closing.is_set():  # a question waiting goes first
+            self._warm.prime(self.lang)
 
     def _summarize_if_quiet(self) -> None:
-        """Write memory's summary while the user is quiet; give up the moment they speak, so that a
-        question waits at most for the prompt the model is reading (its batch cannot be stopped).
-        The new summary changes the start of the prompt: it is read again (primed) at once."""
-        if self._summaries is None or self._closing.is_set() or self.busy:
+        """Memory's summary, once the user has been quiet for `summary_after_quiet_s` (no voice, no
+        answer); given up as soon as they speak or a task comes."""
+        assert self._warm is not None
+        if self._closing.is_set() or self.busy:
             return
         if time.monotonic() - self._active_at < self.options.summary_after_quiet_s:
-            return
-        if not self._summaries.needs_summary(self.thread):
             return
         started = time.monotonic()
 
         def stop() -> bool:
             return self._active_at > started or not self._tasks.empty() or self._closing.is_set()
 
-        try:
-            written = self._summaries.summarize_now(self.thread, stop=stop)
-        except Exception:
-            log.exception("live summary failed")
-            self._active_at = time.monotonic() + 60  # not again for a while
-            return
-        took = time.monotonic() - started
-        log.info("live summary %s in %.1f s", "written" if written else "given up", took)
-        if written:
-            self._prime()
+        self._warm.summarize(stop, self.lang)
 
     def _answer(self, answer: _Answer) -> None:
         pipeline, token = self.pipeline, answer.token
