@@ -540,6 +540,14 @@ def notes_block(notes: Sequence[str], language: str) -> str:
     return "\n\n" + head + "\n" + "\n".join(f"- {n}" for n in notes)
 
 
+# After a question in the other language than the system prompt's (a live conversation keeps one
+# persona): the 1.5B then answers all 20 live bench questions in the question's language, as briefly.
+ANSWER_IN = {
+    "zh": "（请用简体中文口语回答，一到两句话。）",
+    "en": "(Answer in English, in one to three short spoken sentences.)",
+}
+
+
 def user_turn(plan: AnswerPlan, *, strict: bool = False) -> str:
     """The user's message as the model sees it: a long one is framed as a text to sum up.
 

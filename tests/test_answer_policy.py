@@ -12,6 +12,7 @@ import pytest
 
 from pipeline.answer_policy import (
     ABOUT_TWIN,
+    ANSWER_IN,
     CANNOT,
     COPY_FALLBACK,
     SHORT_COPY_FALLBACK,
@@ -338,6 +339,21 @@ def test_an_answer_that_begins_by_restating_the_question_is_read_on_not_asked_ag
     chat = FakeChat(f"{question} {question}", answer)
     assert run(respond(chat, messages_for(question), max_tokens=96, temperature=0))[0] == answer
     assert len(chat.calls) == 2
+
+
+def test_a_question_in_the_other_language_than_the_persona_asks_for_an_answer_in_its_own():
+    """A live conversation keeps one persona (its prompt stays read by the model); a Chinese question
+    under the English persona gets the English system prompt and notes, and asks for Chinese."""
+    shim = SimpleNamespace(settings=SETTINGS)
+    context = ReplyContext(notes=("用户的名字是李雷。",))
+    kept = ReplyPipeline._messages(shim, "法国的首都是哪里？", "zh", context, "en")  # type: ignore[arg-type]
+    own = ReplyPipeline._messages(shim, "法国的首都是哪里？", "zh", context)  # type: ignore[arg-type]
+    assert kept[0].content.startswith(SETTINGS.llm.persona_en) and "What the user told you" in kept[0].content
+    assert kept[-1].content == "法国的首都是哪里？\n" + ANSWER_IN["zh"]
+    assert own[0].content.startswith(SETTINGS.llm.persona_zh) and own[-1].content == "法国的首都是哪里？"
+    english = ReplyPipeline._messages(shim, "What is the capital of France?", "en", context, "zh")  # type: ignore[arg-type]
+    assert english[0].content.startswith(SETTINGS.llm.persona_zh)
+    assert english[-1].content.endswith(ANSWER_IN["en"])
 
 
 def test_stopping_a_held_answer_stops_the_model():

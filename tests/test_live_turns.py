@@ -166,6 +166,28 @@ def test_an_answer_started_at_the_last_pause_is_the_one_shown(pipeline, piper):
     assert [e["text"] for e in events if e["type"] == "answer"] == [ANSWER]
 
 
+def test_a_question_in_another_language_keeps_the_sessions_persona(pipeline):
+    """A Chinese question in a session opened in English: the model is asked under the English
+    persona it has already read (primed), and told to answer in Chinese."""
+    from pipeline.answer_policy import ANSWER_IN
+    from pipeline.tts.mandarin import MandarinSynthesizer
+
+    speech = MandarinSynthesizer().synthesize("法国的首都是哪里？", "zh", VoiceSettings())
+    question = resample(speech.audio, RATE).samples
+    audio = np.concatenate([silence(500), question, silence(900)])
+    chat = pipeline.chat_model
+    before = len(chat.calls)
+    events, live = converse(pipeline, audio, user_key("http", "lei"))
+    heard = [e for e in events if e["type"] == "heard"]
+    assert heard and heard[0]["language"] == "zh", events
+    prompts = chat.calls[before:]  # primed at the start, the answer, primed after the turn
+    assert len(prompts) >= 2 and all(p[0].content == prompts[0][0].content for p in prompts)
+    assert prompts[0][0].content.startswith(pipeline.settings.llm.persona_en)
+    asked = [p for p in prompts if p[-1].content.endswith(ANSWER_IN["zh"])]
+    assert len(asked) == 1 and asked[0][-1].content.startswith(heard[0]["text"])
+    assert live.persona_lang == "en" and live.lang == "zh"
+
+
 class GatedSummarizer:
     """Memory's summary writer: one piece, held at `gate` until the test lets it go."""
 

@@ -120,6 +120,7 @@ class LiveConversation:
         self.options = options or LiveOptions.from_settings(pipeline.settings)
         self.on_event = on_event or (lambda event: None)
         self.lang = lang  # the page's, until the user's own is heard
+        self.persona_lang = lang  # the system prompt's, whatever the user speaks: it stays read (warm)
         # None: the user's own (their profile), else the configured default
         self.voice: VoiceSettings | None = voice
         self._avatar_bytes = avatar  # None: the user's own photo, else the default avatar
@@ -401,7 +402,7 @@ class LiveConversation:
     def _prime(self) -> None:
         assert self._warm is not None
         if self._tasks.empty() and not self._closing.is_set():  # a question waiting goes first
-            self._warm.prime(self.lang)
+            self._warm.prime(self.persona_lang)
 
     def _summarize_if_quiet(self) -> None:
         """Memory's summary, once the user has been quiet for `summary_after_quiet_s` (no voice, no
@@ -416,7 +417,7 @@ class LiveConversation:
         def stop() -> bool:
             return self._active_at > started or not self._tasks.empty() or self._closing.is_set()
 
-        self._warm.summarize(stop, self.lang)
+        self._warm.summarize(stop, self.persona_lang)
 
     def _answer(self, answer: _Answer) -> None:
         pipeline, token = self.pipeline, answer.token
@@ -432,11 +433,11 @@ class LiveConversation:
             answer.language = "zh" if transcript.language.startswith(("zh", "yue")) else transcript.language
             answer.question = transcript.text
             if answer.language in ("en", "zh"):
-                self.lang = answer.language  # errors, and the prompt primed after a summary
+                self.lang = answer.language  # for error messages
             self._announce(answer)
             t0 = time.perf_counter()
             context = pipeline.context.context_for(self.thread, self.user, answer.question)
-            messages = pipeline._messages(answer.question, answer.language, context)
+            messages = pipeline._messages(answer.question, answer.language, context, self.persona_lang)
             answer.timings.add("context", time.perf_counter() - t0)
             t0 = time.perf_counter()
             sentences = pipeline._answer_sentences(

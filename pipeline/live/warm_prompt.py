@@ -47,11 +47,11 @@ class WarmPrompt:
             self.summaries.release_summaries(self.thread)
 
     def prime(self, lang: str) -> None:
-        """Have the model read the user's prompt (persona, notes, history) in `lang`, as the next
-        question's will begin: that question then costs its own few tokens, not the whole prompt
+        """Have the model read the user's prompt (persona, notes, history) with the persona of `lang`,
+        as the next question's will begin: that question then costs its own few tokens, not the whole prompt
         (~1.7 s on 2 cores when nothing is cached). Blocking; a question waits for it."""
         context = self.pipeline.context.context_for(self.thread, self.user, "")
-        messages = self.pipeline._messages("你好" if lang == "zh" else "Hi", lang, context)
+        messages = self.pipeline._messages("你好" if lang == "zh" else "Hi", lang, context, lang)
         started = time.perf_counter()
         try:
             for _ in self.chat_model.stream(messages, max_tokens=1, temperature=0):
