@@ -466,9 +466,29 @@ def asks_own_fact(question: str) -> bool:
     return any(p.search(question) for p in _ASKS_OWN_FACT)
 
 
+# "me" / "我" as who a request is for ("tell me a joke", "给我讲个故事") says nothing about the user
+_FOR_ME_ZH = re.compile(r"我们|(给|帮|告诉|跟|和|教|让|陪|对|为)我")
+
+
 def about_the_user(question: str) -> bool:
     """A question about the user themselves: "What's my name?", "Where do I live?", "我叫什么？"."""
-    return bool(re.search(r"\b(my|i|me|mine|i'm)\b", question, re.I) or "我" in question.replace("我们", ""))
+    return bool(re.search(r"\b(my|i|mine|i'm)\b", question, re.I) or "我" in _FOR_ME_ZH.sub("", question))
+
+
+_ASKING = re.compile(r"[?？]\s*$|什么|哪|谁|吗|几|多少|怎么")
+
+
+def states_own_fact(message: str) -> bool:
+    """A message in which the user says something about themselves ("Hi, my name is Marcus.",
+    "我住在杭州。"), in the forms memory/facts.py remembers, at the start of one of its sentences."""
+    sentences = re.split(r"(?<=[.!?。！？…,，])\s*", message)
+    for sentence in sentences:
+        if _ASKING.search(sentence):
+            continue  # "我叫什么名字？" asks, it does not tell
+        lead = re.sub(r"^\W*(hi|hello|hey|你好|嗨)\b\W*", "", sentence, flags=re.I)
+        if _EN_STATEMENT.match(lead) or _EN_I_AM.match(lead) or _ZH_STATEMENT.match(lead):
+            return True
+    return False
 
 
 # ---------------------------------------------------------------------------------------- prompt
@@ -515,12 +535,16 @@ def plan_answer(
     statements: tuple[str, ...] = ()
     if about_the_user(question):
         said = tuple(m.content for m in context.history if m.role == "user")
-        statements = (*context.notes, *said)
-        if not statements and not context.knowledge and asks_own_fact(question):
+        own_fact = asks_own_fact(question)
+        if not (context.notes or said) and not context.knowledge and own_fact:
             # nothing the user said is in view: the model would only guess ("苹果", "I like blue.")
             return AnswerPlan(
                 question, language, fixed=UNKNOWN_FACT[language == "zh"], fixed_kind="unknown fact"
             )
+        # Checking an answer against these holds it back whole: for a question that only mentions
+        # the user ("How do I make tea?"), only what they said about themselves counts, not every
+        # earlier question (which held every answer of a conversation until it was complete).
+        statements = (*context.notes, *(said if own_fact else filter(states_own_fact, said)))
     return AnswerPlan(
         question, language, monologue=monologue, user_statements=statements, hold_limit_s=0.8 * time_limit_s
     )

@@ -18,6 +18,7 @@ from pipeline.answer_policy import (
     SHORT_COPY_FALLBACK,
     UNKNOWN_FACT,
     Prompt,
+    about_the_user,
     about_twin,
     cannot_do,
     is_parroting,
@@ -25,6 +26,7 @@ from pipeline.answer_policy import (
     plan_answer,
     respond,
     speak_to_user,
+    states_own_fact,
 )
 from pipeline.config import load_settings
 from pipeline.context import ReplyContext
@@ -339,6 +341,37 @@ def test_an_answer_that_begins_by_restating_the_question_is_read_on_not_asked_ag
     chat = FakeChat(f"{question} {question}", answer)
     assert run(respond(chat, messages_for(question), max_tokens=96, temperature=0))[0] == answer
     assert len(chat.calls) == 2
+
+
+def test_only_what_the_user_said_about_themselves_holds_an_answer_back():
+    """Checking an answer against the user's statements holds it whole; earlier questions are not
+    statements, so an ordinary question in a conversation streams after the look-ahead."""
+    assert not about_the_user("Can you tell me a fun fact about cats?")
+    assert not about_the_user("给我讲一个关于猫的小知识。") and not about_the_user("我们去哪儿玩？")
+    assert about_the_user("How do I make a good cup of tea?") and about_the_user("我叫什么名字？")
+    assert states_own_fact("Hi, my name is Marcus.") and states_own_fact("你好，我住在杭州。")
+    assert not states_own_fact("What is the capital of France?") and not states_own_fact("我叫什么名字？")
+    asked = (
+        ChatMessage("user", "What is the capital of France?"),
+        ChatMessage("assistant", "Paris."),
+        ChatMessage("user", "Hi, my name is Marcus."),
+        ChatMessage("assistant", "Nice to meet you!"),
+    )
+    plan = plan_answer("How do I make a good cup of tea?", "en", ReplyContext(history=asked))
+    assert plan.user_statements == ("Hi, my name is Marcus.",)
+    plan = plan_answer("How do I make a good cup of tea?", "en", ReplyContext(history=asked[:2]))
+    assert plan.user_statements == ()
+    answer = "To make a good cup of tea, boil fresh water. Then steep the leaves for three minutes."
+    chat = FakeChat(answer)
+    context = ReplyContext(history=asked[:2])
+    messages = messages_for("How do I make a good cup of tea?", "en", context)
+    text, _, pieces = run(respond(chat, messages, max_tokens=96, temperature=0))
+    assert text == answer and pieces > 5  # the look-ahead, then word by word
+    # a question about the user's own facts still sees every earlier message
+    assert plan_answer("What's my name?", "en", ReplyContext(history=asked)).user_statements == (
+        "What is the capital of France?",
+        "Hi, my name is Marcus.",
+    )
 
 
 def test_a_question_in_the_other_language_than_the_persona_asks_for_an_answer_in_its_own():
