@@ -169,6 +169,35 @@ def test_embedded_llamacpp_model_answers(
     assert expected in "".join(pieces)
 
 
+@pytest.mark.real_models
+def test_the_embedded_server_reuses_a_history_whose_oldest_turns_dropped_out(embedded_chat):
+    """Memory drops the oldest turns a fold at a time: the server shifts the cached rest of the
+    history into place (`n_cache_reuse`) instead of reading it all again."""
+    import httpx
+
+    base = embedded_chat.server.ensure_running()
+    turns = []
+    for i in range(8):
+        turns += [
+            {"role": "user", "content": f"Tell me one thing about the number {i}, please."},
+            {
+                "role": "assistant",
+                "content": f"The number {i} comes right after {i - 1} and right before {i + 1}.",
+            },
+        ]
+
+    def read(history: list[dict]) -> dict:
+        body = {"messages": [{"role": "system", "content": "You are brief."}, *history], "max_tokens": 1}
+        r = httpx.post(f"{base}/v1/chat/completions", json=body | {"temperature": 0}, timeout=300)
+        r.raise_for_status()
+        return r.json()
+
+    read([*turns[:12], {"role": "user", "content": "Hi"}])
+    shifted = read([*turns[6:16], {"role": "user", "content": "Hi"}])  # 3 turns out, 2 new ones in
+    total, read_anew = shifted["usage"]["prompt_tokens"], shifted["timings"]["prompt_n"]
+    assert read_anew < total / 2, (read_anew, total)
+
+
 class KillsItsServer:
     """The embedded chat model, with its server process killed by SIGSEGV (what a crash in llama.cpp
     does) after the first piece of each of the next `kills` answers."""
