@@ -465,6 +465,32 @@ def test_allow_list_cooldown_and_one_job_at_a_time(server, small_settings, stage
     ).run(scenario)
 
 
+def test_a_users_messages_pass_the_gate_in_the_order_they_came(server, small_settings, stages):
+    """The first message's language lookup is slow (a thread hop on a busy machine): the second may
+    not overtake it at the gate, so the first is answered and the second told to wait."""
+    gus = user(300018, "gus")
+
+    async def scenario(h: Harness) -> None:
+        language = h.bot.core.language
+        calls = 0
+
+        async def slow_first(user: str, locale: str | None = None) -> str:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                await asyncio.sleep(0.5)
+            return await language(user, locale)
+
+        h.bot.core.language = slow_first  # type: ignore[method-assign]
+        await h.send(dm(gus, "first"))
+        await h.send(dm(gus, "second"))
+        await h.texts(dm_channel(300018), "I'm still working on your earlier messages.")
+        await h.videos(dm_channel(300018))
+        assert [p[-1].content for p in h.chat.prompts] == ["first"]
+
+    Harness(server, small_settings, stages, chat=RuleChat(delay_s=1.0)).run(scenario)
+
+
 def test_long_answers_are_split_at_2000_characters(server, small_settings, stages):
     ivy = user(300013, "ivy")
     chan = dm_channel(300013)

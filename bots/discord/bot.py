@@ -58,6 +58,8 @@ class DiscordBot:
         self._resuming: asyncio.Task[None] | None = None
         self._locales: dict[int, str] = {}  # user id -> the locale their last slash command carried
         self._handling: set[str] = set()  # ids of the messages let through the gate, until answered
+        # a user's messages reach the gate in the order they came (the language lookup hops to a thread)
+        self._arrivals: dict[int, asyncio.Lock] = {}
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -175,6 +177,24 @@ class DiscordBot:
         author = message.author
         if author.bot or not self._addressed(message):
             return
+        arrival = self._arrivals.setdefault(author.id, asyncio.Lock())
+        await arrival.acquire()  # first come, first served, taken before anything can overtake
+
+        released = False
+
+        def admitted() -> None:  # past the gate: the user's next message may follow
+            nonlocal released
+            if not released:
+                released = True
+                arrival.release()
+
+        try:
+            await self._on_message(message, admitted)
+        finally:
+            admitted()
+
+    async def _on_message(self, message: discord.Message, admitted: Callable[[], None]) -> None:
+        author = message.author
         guild_id = message.guild.id if message.guild else None
         lang = await self.language_of(author)
         if not self.allowed(author.id, guild_id):
@@ -188,19 +208,20 @@ class DiscordBot:
         images = [a for a in message.attachments if is_image(a)]
         documents = [a for a in message.attachments if is_document(a)]
         if audio:
-            await self.submit(incoming, sink, lang, fetch=("audio", audio[0]))
+            await self.submit(incoming, sink, lang, fetch=("audio", audio[0]), admitted=admitted)
         elif images:
             if guild_id is not None and not any(w in text.lower() for w in AVATAR_WORDS):
                 await sink.send_text(t("dc_avatar_hint", lang))
                 return
-            await self.submit(incoming, sink, lang, fetch=("photo", images[0]))
+            await self.submit(incoming, sink, lang, fetch=("photo", images[0]), admitted=admitted)
         elif documents:
             for doc in documents:
-                await self.submit(incoming, sink, lang, fetch=("document", doc), gated=False)
+                document = ("document", doc)
+                await self.submit(incoming, sink, lang, fetch=document, gated=False, admitted=admitted)
         elif message.attachments:
             await sink.send_text(t("dc_unsupported", lang))
         else:  # an empty one is the core's to answer ("your message is empty"), past no gate
-            await self.submit(replace(incoming, text=text), sink, lang, gated=bool(text))
+            await self.submit(replace(incoming, text=text), sink, lang, gated=bool(text), admitted=admitted)
 
     async def submit(
         self,
@@ -212,6 +233,7 @@ class DiscordBot:
         before: Callable[[], Awaitable[object]] | None = None,
         fetch: tuple[str, discord.Attachment] | None = None,
         gated: bool = True,
+        admitted: Callable[[], None] | None = None,
     ) -> None:
         """The Discord gate, then the core. `refuse` says why the gate kept the message out (default:
         the sink); `before` runs once it let it in (a slash command defers there), then `fetch`
@@ -228,6 +250,8 @@ class DiscordBot:
             if message.message_id in self._handling:
                 return  # Discord delivered it twice; the first delivery is being answered
             verdict, wait_s = self.gate.enter(message.user)
+            if admitted is not None:
+                admitted()
             if verdict is not Gate.OPEN:
                 if await self._accepted(message):
                     return  # redelivered after it was answered
@@ -239,6 +263,8 @@ class DiscordBot:
                 return
             self._handling.add(message.message_id)
             sink = AnsweredSink(sink, leave)
+        elif admitted is not None:
+            admitted()
         try:
             if before is not None:
                 await before()
