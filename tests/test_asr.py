@@ -106,7 +106,7 @@ def _encoded_frames(model) -> list[int]:  # type: ignore[no-untyped-def]
 @pytest.mark.real_models
 @pytest.mark.parametrize(
     ("lang", "text", "expected"),
-    [("en", "What is the capital of France?", "capital of france"), ("zh", "天空为什么是蓝色的？", "蓝色")],
+    [("en", "What is the capital of France?", "capital"), ("zh", "天空为什么是蓝色的？", "蓝色")],
 )
 def test_a_short_question_is_encoded_as_long_as_its_speech(
     whisper: WhisperRecognizer, models_installed, lang: str, text: str, expected: str
@@ -125,11 +125,20 @@ def test_a_short_question_is_encoded_as_long_as_its_speech(
     finally:
         del whisper.model.encode
     assert transcript.language == lang and expected in transcript.text.lower().replace(",", "")
-    assert frames[0] <= max(500, speech.audio.duration * 100 + 200) < 3000, frames
+    assert frames[0] <= max(1000, speech.audio.duration * 100 + 400) < 3000, frames
     assert frames[1:] in ([], [3000]), frames  # a doubtful first pass (rare) is redone in full
     # on the full window the words are the same
     full = WhisperRecognizer(str(models_installed.resolve(models_installed.asr.model)), fit_window=False)
     assert expected in full.transcribe(speech.audio).text.lower().replace(",", "")
+    if lang == "en":  # a recording longer than one window is read in whole windows
+        gap = np.zeros(int(0.5 * speech.audio.sample_rate), np.float32)
+        long = np.concatenate([speech.audio.samples, gap] * 14)  # ~35 s
+        frames = _encoded_frames(whisper.model)
+        try:
+            heard = whisper.transcribe(Audio(long, speech.audio.sample_rate)).text.lower()
+        finally:
+            del whisper.model.encode
+        assert heard.count("capital") >= 10 and frames[0] == 3000, (heard, frames)
 
 
 @pytest.mark.real_models
