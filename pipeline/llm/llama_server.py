@@ -2,8 +2,10 @@
 
 Started by `LlamaCppChat` through `ServerProcess`; never imported by the service itself. xllamacpp is
 a prebuilt llama.cpp (AVX2/FMA/F16C, no AVX-512 or AMX code paths), so the same wheel runs on every
-x86-64 CPU since 2013 and installs without a compiler. The extra weight buffers (llama.cpp's AMX
-repacking, which crashed in `llama_decode` on a Xeon VM) stay off whatever the build supports.
+x86-64 CPU since 2013 and installs without a compiler. Its only extra weight buffer is llama.cpp's
+CPU repacking (Q4_K and Q6_K weights interleaved for its AVX2 kernels; no AMX code is built in, whose
+repacking crashed a native build on a Xeon VM): the 1.5B writes 22-27 tokens/s instead of 15-18 on
+2 cores and reads prompts ~15 % faster, for ~0.6 GB more resident memory.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def main() -> None:
     params.cpuparams.n_threads = args.threads
     params.cpuparams_batch.n_threads = args.threads
     params.n_gpu_layers = args.gpu_layers
-    params.no_extra_bufts = True
+    params.no_extra_bufts = False  # the CPU repacking (see above)
     params.hostnames = ["127.0.0.1"]
     params.port = args.port
     server = xllamacpp.Server(params)  # noqa: F841  (serves until this process ends)
