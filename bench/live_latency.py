@@ -40,6 +40,7 @@ import json
 import logging
 import os
 import platform
+import re
 import socket
 import tempfile
 import time
@@ -315,6 +316,23 @@ async def run_questions(
         await client.close()
 
 
+_PRINT_TIMING = re.compile(r"(prompt eval|\s{2}eval) time =\s*([\d.]+) ms /\s*(\d+) tokens")
+
+
+def chat_model_requests(log_path: Path) -> list[dict]:
+    """Per request of the chat model's server, from its log: tokens read, tokens written, and how long
+    each took (llama.cpp prints both after every request)."""
+    if not log_path.is_file():
+        return []
+    requests: list[dict] = []
+    for kind, ms, n in _PRINT_TIMING.findall(log_path.read_text(errors="replace")):
+        if kind == "prompt eval":
+            requests.append({"prompt_tokens": int(n), "prompt_ms": float(ms), "tokens": 0, "ms": 0.0})
+        elif requests:
+            requests[-1].update(tokens=int(n), ms=float(ms))
+    return requests
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3, help="questions per language")
@@ -382,6 +400,7 @@ def main() -> None:
             asyncio.run(serve())
         finally:
             components.close()
+        requests = chat_model_requests(Path(tmp) / "logs" / "chat-model.log")
     rows = [r for r in results if "question" in r]
     summary = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at "
@@ -415,6 +434,15 @@ def main() -> None:
         s: round(percentile([r["server"][s] for r in rows if s in r.get("server", {})], 0.5), 3)
         for s in stages
     }
+    # llama.cpp's own timings: what a question costs to read and how fast the answer is written
+    answers = [r for r in requests if r["tokens"] > 1]
+    if answers:
+        summary["chat_model_p50"] = {
+            "prompt_tokens": percentile([r["prompt_tokens"] for r in answers], 0.5),
+            "prompt_ms": percentile([r["prompt_ms"] for r in answers], 0.5),
+            "tokens_per_s": round(percentile([r["tokens"] / r["ms"] * 1000 for r in answers], 0.5), 1),
+            "n": len(answers),
+        }
     print(json.dumps(summary, indent=2, ensure_ascii=False))
     if args.out:
         Path(args.out).write_text(
