@@ -23,11 +23,18 @@ class FakeOpenAIServer:
     """`POST /v1/chat/completions` streaming server-sent events, on 127.0.0.1."""
 
     def __init__(
-        self, pieces: list[str], status: int = 200, finish: str | None = None, die_after: int | None = None
+        self,
+        pieces: list[str],
+        status: int = 200,
+        finish: str | None = None,
+        die_after: int | None = None,
+        progress: int = 0,
     ) -> None:
         """`finish`: the finish_reason sent with the last piece; `die_after`: drop the connection
-        after that many pieces, as a server whose process crashed does."""
+        after that many pieces, as a server whose process crashed does; `progress`: that many
+        prompt-progress events first, as llama.cpp's server sends them while it reads the prompt."""
         self.pieces, self.status, self.finish, self.die_after = pieces, status, finish, die_after
+        self.progress = progress
         self.requests: list[tuple[dict, dict]] = []
         fake = self
 
@@ -48,6 +55,9 @@ class FakeOpenAIServer:
                 events += [{"choices": [{"delta": {"content": p}}]} for p in fake.pieces]
                 if fake.finish:
                     events[-1]["choices"][0]["finish_reason"] = fake.finish
+                for n in range(fake.progress):
+                    read = {"total": 100, "cache": 0, "processed": 50 * n, "time_ms": 9 * n}
+                    self._chunk(f"data: {json.dumps({'prompt_progress': read})}\n\n".encode())
                 for n, event in enumerate(events):
                     if n - 1 == fake.die_after:
                         self.wfile.flush()
@@ -134,6 +144,23 @@ def test_a_server_that_drops_the_answer_midway_is_a_crash_not_an_answer():
         assert pieces == ["One", " two"]
 
 
+def test_prompt_progress_reaches_the_caller_as_empty_pieces():
+    """llama.cpp's server reports each batch of a long prompt it has read; the caller gets a turn per
+    report (to give the answer up) and the text is unchanged."""
+    with FakeOpenAIServer(["Hi", " there."], finish="stop", progress=3) as server:
+        model = OpenAICompatibleChat(server.base_url, "m", extra_body={"return_progress": True})
+        pieces, finish = _drain(model.stream([ChatMessage("user", "Hi")], max_tokens=9, temperature=0))
+        assert pieces == ["", "", "", "Hi", " there."] and finish == "stop"
+        assert server.requests[0][1]["return_progress"] is True
+    with FakeOpenAIServer(["Hi"]) as server:  # other servers get nothing they did not ask for
+        list(
+            OpenAICompatibleChat(server.base_url, "m").stream(
+                [ChatMessage("user", "Hi")], max_tokens=9, temperature=0
+            )
+        )
+        assert "return_progress" not in server.requests[0][1]
+
+
 def _drain(stream) -> tuple[list[str], str | None]:
     pieces = []
     while True:
@@ -196,6 +223,32 @@ def test_the_embedded_server_reuses_a_history_whose_oldest_turns_dropped_out(emb
     shifted = read([*turns[6:16], {"role": "user", "content": "Hi"}])  # 3 turns out, 2 new ones in
     total, read_anew = shifted["usage"]["prompt_tokens"], shifted["timings"]["prompt_n"]
     assert read_anew < total / 2, (read_anew, total)
+
+
+@pytest.mark.real_models
+def test_the_embedded_server_stops_reading_a_prompt_given_up(embedded_chat):
+    """A summary or a priming given up (the user spoke) stops the server after the batch it is
+    reading, not after the whole prompt: the next request finds only that much of it cached."""
+    import httpx
+
+    notes = " ".join(f"Note {i}: the user said they like tea number {i}, with milk." for i in range(40))
+    messages = [ChatMessage("system", "Summarise the notes. " + notes), ChatMessage("user", "Go")]
+    stream = embedded_chat.stream(messages, max_tokens=5, temperature=0)
+    assert next(stream) == "" and next(stream) == ""  # two progress reports: a batch was read
+    stream.close()
+
+    base = embedded_chat.server.ensure_running()
+    body = {
+        "messages": [{"role": m.role, "content": m.content} for m in messages],
+        "max_tokens": 1,
+        "stream": True,
+        "return_progress": True,
+    }
+    with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=300) as response:
+        first = next(line for line in response.iter_lines() if line.startswith("data:"))
+    progress = json.loads(first[5:])["prompt_progress"]
+    # had the first request gone on, this one would have waited for it and found all but one cached
+    assert progress["cache"] < progress["total"] / 2, progress
 
 
 class KillsItsServer:

@@ -401,8 +401,12 @@ class LiveConversation:
 
     def _prime(self) -> None:
         assert self._warm is not None
-        if self._tasks.empty() and not self._closing.is_set():  # a question waiting goes first
-            self._warm.prime(self.persona_lang)
+
+        def question_waiting() -> bool:
+            return not self._tasks.empty() or self._closing.is_set()
+
+        if not question_waiting():  # a question goes first, also once priming has begun
+            self._warm.prime(self.persona_lang, question_waiting)
 
     def _summarize_if_quiet(self) -> None:
         """Memory's summary, once the user has been quiet for `summary_after_quiet_s` (no voice, no

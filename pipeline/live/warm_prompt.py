@@ -46,19 +46,26 @@ class WarmPrompt:
             self._held = False
             self.summaries.release_summaries(self.thread)
 
-    def prime(self, lang: str) -> None:
+    def prime(self, lang: str, stop: Callable[[], bool] | None = None) -> None:
         """Have the model read the user's prompt (persona, notes, history) with the persona of `lang`,
         as the next question's will begin: that question then costs its own few tokens, not the whole prompt
-        (~1.7 s on 2 cores when nothing is cached). Blocking; a question waits for it."""
+        (~1.7 s on 2 cores when nothing is cached). Blocking; `stop()` gives it up (a question is
+        waiting), which a model reporting its progress (the embedded one) notices after each batch
+        of the prompt it reads; what it has read stays cached."""
         context = self.pipeline.context.context_for(self.thread, self.user, "")
         messages = self.pipeline._messages("你好" if lang == "zh" else "Hi", lang, context, lang)
         started = time.perf_counter()
+        stream = self.chat_model.stream(messages, max_tokens=1, temperature=0)
         try:
-            for _ in self.chat_model.stream(messages, max_tokens=1, temperature=0):
-                pass
+            for _ in stream:
+                if stop is not None and stop():
+                    log.info("live: priming given up after %.2f s", time.perf_counter() - started)
+                    return
         except Exception as e:  # a model that cannot answer now says so on the first question
             log.info("could not prime the chat model: %s", e)
             return
+        finally:
+            stream.close()
         log.info("live: primed the chat model in %.2f s", time.perf_counter() - started)
 
     def summarize(self, stop: Callable[[], bool], lang: str) -> None:
@@ -79,4 +86,4 @@ class WarmPrompt:
         took = time.monotonic() - started
         log.info("live summary %s in %.1f s", "written" if written else "given up", took)
         if written:
-            self.prime(lang)
+            self.prime(lang, stop)

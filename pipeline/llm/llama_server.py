@@ -15,6 +15,10 @@ import signal
 import threading
 
 CACHE_REUSE_TOKENS = 64  # the shortest moved run of cached tokens worth reusing
+# Prompt tokens read per step. The server notices a closed connection (an answer given up, a summary
+# abandoned because the user spoke) between steps: 64 tokens are ~1 s on 2 cores instead of a whole
+# 800-token prompt (~15 s), and read as fast (53 tokens/s against 50 with 2048; 32 is 20 % slower).
+PROMPT_BATCH_TOKENS = 64
 
 
 def main() -> None:
@@ -36,6 +40,7 @@ def main() -> None:
     # when memory drops the oldest turns, the rest of the history is shifted, not re-read (a
     # 483-token prompt after 3 of 9 turns dropped: 56 tokens read instead of 347).
     params.n_cache_reuse = CACHE_REUSE_TOKENS
+    params.n_batch = PROMPT_BATCH_TOKENS
     params.cpuparams.n_threads = args.threads
     params.cpuparams_batch.n_threads = args.threads
     params.n_gpu_layers = args.gpu_layers

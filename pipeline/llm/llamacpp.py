@@ -87,7 +87,10 @@ class LlamaCppChat:
                 if self._client is not None:
                     self._client.client.close()
                 self._client = OpenAICompatibleChat(
-                    base_url + "/v1", self.model_path.name, timeout_s=self.timeout_s
+                    base_url + "/v1",
+                    self.model_path.name,
+                    timeout_s=self.timeout_s,
+                    extra_body={"return_progress": True},  # a long prompt can be given up midway
                 )
             return self._client
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import httpx
 
@@ -19,13 +20,27 @@ class OpenAICompatibleChat:
 
     Plain httpx rather than the openai SDK: the protocol is small, and servers that only mostly follow
     it (local ones especially) are easier to tolerate when we read the events ourselves.
+
+    `extra_body` joins every request (fields a particular server understands). llama.cpp's server,
+    asked for `return_progress`, reports each batch of the prompt it has read; each report is yielded
+    as an empty piece, so a caller can give the answer up while a long prompt is still being read
+    (closing the stream closes the connection, and the server stops after its current batch).
     """
 
-    def __init__(self, base_url: str, model: str, *, api_key: str = "", timeout_s: float = 60) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key: str = "",
+        timeout_s: float = 60,
+        extra_body: Mapping[str, Any] | None = None,
+    ) -> None:
         if not base_url:
             raise ValueError("llm.base_url must be set for the openai backend")
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
+        self.extra_body = dict(extra_body or {})
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.Client(headers=headers, timeout=httpx.Timeout(timeout_s, connect=10))
 
@@ -44,6 +59,7 @@ class OpenAICompatibleChat:
             "max_tokens": max_tokens,
             "temperature": temperature,
             "stream": True,
+            **self.extra_body,
         }
         with self.client.stream("POST", self.url, json=body) as response:
             if response.status_code >= 400:
@@ -57,10 +73,14 @@ class OpenAICompatibleChat:
                 if data == "[DONE]":
                     return finish
                 try:
-                    choices = json.loads(data).get("choices") or []
+                    event = json.loads(data)
                 except json.JSONDecodeError:
                     log.warning("skipping a malformed event from the LLM server: %.100s", data)
                     continue
+                if "prompt_progress" in event:
+                    yield ""  # a batch of the prompt read: the caller's turn to give up
+                    continue
+                choices = event.get("choices") or []
                 if not choices:
                     continue
                 piece = choices[0].get("delta", {}).get("content")
