@@ -48,6 +48,7 @@ class ModelProcessExecutor:
         self._send_lock = threading.Lock()
         self._process: Any = None
         self._conn: Connection | None = None
+        self._reader: threading.Thread | None = None
         self._pending: dict[str, Future] = {}
         self._searches = ThreadPoolExecutor(2, thread_name_prefix="knowledge")
 
@@ -83,7 +84,10 @@ class ModelProcessExecutor:
             assert kind == "ready", kind
             self.info, self._process, self._conn = message[0], process, ours
             self.starts += 1
-            threading.Thread(target=self._read, args=(ours, process), daemon=True, name="models-pipe").start()
+            self._reader = threading.Thread(
+                target=self._read, args=(ours, process), daemon=True, name="models-pipe"
+            )
+            self._reader.start()
             log.info("models' process %s ready (%s)", process.pid, self.info)
 
     def _read(self, conn: Connection, process: Any) -> None:
@@ -100,10 +104,16 @@ class ModelProcessExecutor:
             elif kind == "search":
                 self._searches.submit(self._search, conn, *args)
         process.join(5)
-        log.error("the models' process %s ended (exit code %s)", process.pid, process.exitcode)
         with self._lock:
-            if self._conn is conn:
+            unexpected = self._conn is conn  # close() lets go of the pipe before the child stops
+            if unexpected:
                 self._conn, self._process = None, None
+        log.log(
+            logging.ERROR if unexpected else logging.INFO,
+            "the models' process %s ended (exit code %s)",
+            process.pid,
+            process.exitcode,
+        )
         for key in [k for k, f in self._pending.items() if getattr(f, "conn", None) is conn]:
             future = self._pending.pop(key, None)
             if future is not None:
@@ -196,17 +206,20 @@ class ModelProcessExecutor:
 
     def close(self) -> None:
         with self._lock:
-            conn, process = self._conn, self._process
-            self._conn = self._process = None
+            conn, process, reader = self._conn, self._process, self._reader
+            self._conn = self._process = self._reader = None
         if conn is not None:
             # Closing our end does not wake a reader blocked on it, so the child never saw EOF: ask.
             with contextlib.suppress(OSError):
                 self._send(conn, "stop")
-            conn.close()
         if process is not None:
             process.join(30)
             if process.is_alive():
                 process.kill()
+        if reader is not None:
+            reader.join(10)  # it sees the child's end; our end is closed only after that
+        if conn is not None:
+            conn.close()
         self._searches.shutdown(wait=False)
 
 
