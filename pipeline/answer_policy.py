@@ -255,6 +255,38 @@ ABOUT_TWIN: dict[str, tuple[str, str]] = {
 }
 
 
+# A message that only asks the twin to stop or wait ("Wait, stop please.", "好了，别说了"), typically
+# said over a live answer: the model took "Wait, stop please." for a request it must refuse ("I'm
+# sorry, but I can't assist with that."). The whole message must be made of these phrases.
+_EN_HUSH_CORE = (
+    r"stop( talking| it| there| now)?|that'?s (enough|all)|enough|be quiet|quiet|shut up|hush|"
+    r"never ?mind|hold on|hang on|wait( a (second|sec|moment|minute))?|one (second|moment|minute)|"
+    r"pause|cancel( that)?|no more"
+)
+_EN_HUSH_FILLER = (
+    r"ok|okay|alright|all right|right|sorry|hey|no|please|thanks|thank you|just|for now|"
+    r"a (second|sec|moment|minute)"
+)
+_EN_HUSH = re.compile(
+    rf"(?:(?:{_EN_HUSH_CORE}|{_EN_HUSH_FILLER})\s*)*?(?:{_EN_HUSH_CORE})(?:\s*(?:{_EN_HUSH_CORE}|{_EN_HUSH_FILLER}))*"
+)
+_ZH_HUSH_CORE = (
+    r"停下来|停一下|停止|停|别说了|不要说了|不用说了|别讲了|够了|安静|闭嘴|等一下|等等|稍等|打住|算了"
+)
+_ZH_HUSH = re.compile(
+    rf"(?:好了|好|嗯|先|请|你|吧|啊|呀|一下|下)*(?:(?:{_ZH_HUSH_CORE})(?:好了|吧|啊|呀|一下|先|请)*)+"
+)
+HUSH = ("OK.", "好的。")
+
+
+def hush_request(question: str) -> bool:
+    """True when the whole message asks the twin to stop talking or to wait."""
+    text = question.strip().lower()
+    latin = re.sub(r"[^\w']+", " ", text).strip()
+    chinese = re.sub(r"[\W_]+", "", text)
+    return bool(latin and _EN_HUSH.fullmatch(latin)) or bool(chinese and _ZH_HUSH.fullmatch(chinese))
+
+
 def about_twin(question: str, language: str) -> tuple[str, str] | None:
     """(kind, fixed answer) for a bare question about who the twin is or what it can do."""
     for kind, patterns in _ABOUT_TWIN.items():
@@ -528,6 +560,8 @@ def plan_answer(
     user it was never told), a framed long text, or the model's answer checked against what the user
     said about themselves. `time_limit_s` is how long the pipeline lets the model write."""
     monologue = _weight(_tokens(question)) >= MONOLOGUE_WORDS
+    if hush_request(question):
+        return AnswerPlan(question, language, fixed=HUSH[language == "zh"], fixed_kind="stop")
     # a long text that mentions a call or a reminder in passing is a text to respond to, not an order
     fixed = None if monologue else (cannot_do(question, language) or about_twin(question, language))
     if fixed is not None:

@@ -21,6 +21,7 @@ from pipeline.answer_policy import (
     about_the_user,
     about_twin,
     cannot_do,
+    hush_request,
     is_parroting,
     is_refusal,
     plan_answer,
@@ -133,6 +134,51 @@ def test_requests_the_twin_cannot_do_are_recognised_in_both_languages(question: 
 )
 def test_questions_about_those_things_are_left_to_the_model(question: str):
     assert cannot_do(question, "en") is None
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "Wait, stop please.",
+        "Stop.",
+        "OK, that's enough.",
+        "Hold on a second.",
+        "Never mind.",
+        "等一下，停。",
+        "好了，别说了。",
+        "够了",
+        "停一下吧",
+        "安静一下",
+    ],
+)
+def test_a_request_to_stop_is_acknowledged_without_the_model(message: str):
+    """Said over a live answer, "Wait, stop please." got "I'm sorry, but I can't assist with that."
+    from the 1.5B: the twin acknowledges briefly instead, in the reply language."""
+    chat = FakeChat()
+    for language, ok in (("en", "OK."), ("zh", "好的。")):
+        messages = messages_for(message, language)
+        assert run(respond(chat, messages, max_tokens=96, temperature=0.7))[:2] == (ok, "stop")
+    assert chat.calls == []
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "How do I stop procrastinating?",
+        "Stop smoking tips",
+        "Wait, what is the capital of France?",
+        "Don't stop",
+        "What does 'enough' mean?",
+        "等一下，法国的首都是哪里？",
+        "好了，给我讲个故事",
+        "停车场在哪里？",
+        "算了吧，我们聊聊猫",
+        "OK",
+        "好的",
+    ],
+)
+def test_a_question_that_starts_with_wait_or_mentions_stopping_is_answered(message: str):
+    assert not hush_request(message)
 
 
 def test_the_honest_answer_is_in_the_reply_language():
