@@ -277,11 +277,14 @@ _ZH_HUSH = re.compile(
     rf"(?:好了|好|嗯|先|请|你|吧|啊|呀|一下|下)*(?:(?:{_ZH_HUSH_CORE})(?:好了|吧|啊|呀|一下|先|请)*)+"
 )
 HUSH = ("OK.", "好的。")
+HUSH_MAX_CHARS = 40  # "Okay, that's enough for now, thank you." is 39
 
 
 def hush_request(question: str) -> bool:
     """True when the whole message asks the twin to stop talking or to wait."""
     text = question.strip().lower()
+    if len(text) > HUSH_MAX_CHARS:  # also keeps the patterns' backtracking bounded on long input
+        return False
     latin = re.sub(r"[^\w']+", " ", text).strip()
     chinese = re.sub(r"[\W_]+", "", text)
     return bool(latin and _EN_HUSH.fullmatch(latin)) or bool(chinese and _ZH_HUSH.fullmatch(chinese))

@@ -181,6 +181,15 @@ def test_a_question_that_starts_with_wait_or_mentions_stopping_is_answered(messa
     assert not hush_request(message)
 
 
+def test_a_long_run_of_stop_words_is_not_a_stop_request_and_is_judged_at_once():
+    # the phrases overlap ("wait a second" = "wait" + "a second"): without a length cap, 16 of
+    # these took a second to reject and each one more doubled it
+    started = time.monotonic()
+    assert not hush_request("wait a second " * 200 + "x")
+    assert not hush_request("wait a second " * 200)
+    assert time.monotonic() - started < 1.0
+
+
 def test_the_honest_answer_is_in_the_reply_language():
     assert cannot_do("Set an alarm for 7 am.", "zh") == ("alarm", CANNOT["alarm"][1])
     assert cannot_do("明天天气怎么样？", "en") == ("weather", CANNOT["weather"][0])
