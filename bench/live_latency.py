@@ -85,6 +85,21 @@ QUESTIONS = {
         "怎样才能学会游泳？",
         "秋天的树叶为什么会变色？",
     ],
+    # 4-6 s each: what reading ahead while the user speaks (`[live] read_ahead_ms`) is for
+    "en-long": [
+        "I am planning a trip to Japan next spring with my family, which city should we visit first?",
+        "My friend says that coffee in the afternoon ruins your sleep at night, is that actually true?",
+        "I have been learning the guitar for a few months now, how can I practise more effectively?",
+        "We want to grow some vegetables on our balcony this year, which ones are the easiest to grow?",
+        "My daughter keeps asking why the moon changes its shape every night, how should I explain it?",
+    ],
+    "zh-long": [
+        "我下个月要去北京出差三天，你觉得有哪些地方值得在空闲的时候去看看？",
+        "我最近晚上总是睡不好觉，白天也没有精神，你有什么简单的好办法吗？",
+        "我想开始每天跑步锻炼身体，但是一直坚持不下来，你能给我一些建议吗？",
+        "我的孩子今年上小学了，每天做作业都很慢，我应该怎么帮助他？",
+        "周末想和朋友们一起做一顿中国菜，你推荐做哪几道比较简单的菜？",
+    ],
 }
 LOUD = 0.01  # RMS of received audio that counts as the answer (-40 dBFS)
 
@@ -343,7 +358,7 @@ def chat_model_requests(log_path: Path) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3, help="questions per language")
-    parser.add_argument("--langs", default="en,zh")
+    parser.add_argument("--langs", default="en,zh", help="question sets: en, zh, en-long, zh-long")
     parser.add_argument("--size", type=int, default=0, help="live frame size (default: [live] size)")
     parser.add_argument("--barge-in", type=int, default=2, help="interruptions to time (English)")
     parser.add_argument("--with-replies", type=int, default=0, help="HTTP users asking the whole time")
@@ -372,7 +387,7 @@ def main() -> None:
         questions = []
         for lang in langs:
             for text in QUESTIONS[lang][: args.runs]:
-                speech = voice.synthesize(text, lang, VoiceSettings())
+                speech = voice.synthesize(text, lang.split("-")[0], VoiceSettings())
                 questions.append((text, to_mic(speech.audio.samples, speech.audio.sample_rate)))
         story = voice.synthesize(
             "Please tell me a long story about a brave little dragon.", "en", VoiceSettings()

@@ -230,6 +230,7 @@ class LiveSettings(Section):
     size: int
     end_silence_ms: float = Field(ge=100, le=5000)
     think_after_ms: float = Field(ge=0, le=5000)
+    read_ahead_ms: float = Field(ge=0, le=30000)
     min_speech_ms: float = Field(ge=32, le=2000)
     vad_threshold: float = Field(gt=0, lt=1)
     max_utterance_s: float = Field(gt=0, le=120)

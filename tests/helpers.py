@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +23,15 @@ class ScriptedChat:
     def __init__(self, answer: str) -> None:
         self.answer = answer
         self.calls: list[list[ChatMessage]] = []
+        self.max_tokens: list[int] = []  # of each call
+        self._lock = threading.Lock()  # calls may come from several threads
 
     def stream(
         self, messages: Sequence[ChatMessage], *, max_tokens: int, temperature: float
     ) -> Iterator[str]:
-        self.calls.append(list(messages))
+        with self._lock:
+            self.calls.append(list(messages))
+            self.max_tokens.append(max_tokens)
         cjk = any("\u4e00" <= ch <= "\u9fff" for ch in self.answer)
         pieces = list(self.answer) if cjk else [w + " " for w in self.answer.split(" ")]
         yield from pieces

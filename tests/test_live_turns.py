@@ -3,6 +3,8 @@ the user's pause that is shown only when their turn ends, or dropped when they g
 
 from __future__ import annotations
 
+import itertools
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -57,6 +59,23 @@ def test_a_short_silence_is_a_pause_and_speech_after_it_a_resume(piper):
     assert kinds(TurnDetector(end_silence_ms=400, pause_silence_ms=400), audio) == ["maybe", "start", "end"]
 
 
+def test_while_the_user_speaks_the_detector_reports_their_words_so_far(piper):
+    question = spoken(piper, "Could you please tell me what the capital city of France is called?")
+    audio = np.concatenate([silence(300), question, silence(700)])
+    events = []
+    detector = TurnDetector(end_silence_ms=400, pause_silence_ms=160, progress_ms=1000)
+    for i in range(0, len(audio), 320):
+        events += detector.feed(audio[i : i + 320])
+    progress = [e for e in events if e.kind == "progress"]
+    assert len(progress) >= 2, [e.kind for e in events]
+    assert [e.kind for e in events if e.kind != "progress"][-2:] == ["pause", "end"]
+    lengths = [len(e.audio) for e in progress]
+    assert lengths == sorted(lengths) and all(b - a >= 0.96 * RATE for a, b in itertools.pairwise(lengths))
+    end = next(e for e in events if e.kind == "end")
+    assert all(np.array_equal(e.audio, end.audio[: len(e.audio)]) for e in progress)  # the same audio, so far
+    assert "progress" not in kinds(TurnDetector(end_silence_ms=400), audio)  # off unless asked
+
+
 @pytest.fixture(scope="module")
 def blips(piper: PiperSynthesizer) -> list[tuple[np.ndarray, list[str]]]:
     """Moments of speech shorter than min_speech_ms (128 ms): 48 to 80 ms from a few places in two
@@ -87,10 +106,12 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReplyPipeline
         yield pipeline
 
 
-def converse(pipeline: ReplyPipeline, audio: np.ndarray, user: str) -> tuple[list[dict], LiveConversation]:
+def converse(
+    pipeline: ReplyPipeline, audio: np.ndarray, user: str, **options: float
+) -> tuple[list[dict], LiveConversation]:
     """Feed `audio` in real time, then read frames until the answer has been shown; the events."""
     events: list[dict] = []
-    options = LiveOptions(size=256, end_silence_ms=400, think_after_ms=160)
+    options = LiveOptions(**{"size": 256, "end_silence_ms": 400, "think_after_ms": 160, **options})
     live = LiveConversation(pipeline, user=user, options=options, on_event=events.append)
     live.start()
     try:
@@ -166,6 +187,30 @@ def test_an_answer_started_at_the_last_pause_is_the_one_shown(pipeline, piper):
     assert [e["text"] for e in events if e["type"] == "answer"] == [ANSWER]
 
 
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z']+", text.lower())
+
+
+def test_the_model_reads_a_long_question_while_the_user_is_still_saying_it(pipeline, piper):
+    """Every second of speech, Whisper hears the words so far and the model reads the prompt they
+    begin (a one-token request): at the end only the question's last words are left to read."""
+    text = "Could you please tell me what the capital city of France is called?"
+    audio = np.concatenate([silence(500), spoken(piper, text), silence(900)])
+    chat = pipeline.chat_model
+    before = len(chat.calls)
+    events, live = converse(pipeline, audio, user_key("http", "mia"), read_ahead_ms=1000)
+    heard = [e for e in events if e["type"] == "heard"]
+    assert len(heard) == 1 and [e["text"] for e in events if e["type"] == "answer"] == [ANSWER], events
+    calls = list(zip(chat.calls[before:], chat.max_tokens[before:], strict=True))
+    answer_at = next(i for i, (_, n) in enumerate(calls) if n > 1)
+    ahead = [_words(p[-1].content) for p, n in calls[:answer_at] if n == 1 and p[-1].content != "Hi"]
+    assert ahead, calls
+    final = _words(heard[0]["text"])
+    # the words so far begin the question (Whisper may hear the last, unfinished word otherwise)
+    assert any(len(w) >= 3 and final[: len(w) - 1] == w[:-1] for w in ahead), (ahead, final)
+    assert live.counts["answers"] == 1
+
+
 def test_a_question_in_another_language_keeps_the_sessions_persona(pipeline):
     """A Chinese question in a session opened in English: the model is asked under the English
     persona it has already read (primed), and told to answer in Chinese."""
@@ -183,8 +228,9 @@ def test_a_question_in_another_language_keeps_the_sessions_persona(pipeline):
     prompts = chat.calls[before:]  # primed at the start, the answer, primed after the turn
     assert len(prompts) >= 2 and all(p[0].content == prompts[0][0].content for p in prompts)
     assert prompts[0][0].content.startswith(pipeline.settings.llm.persona_en)
-    asked = [p for p in prompts if p[-1].content.endswith(ANSWER_IN["zh"])]
-    assert len(asked) == 1 and asked[0][-1].content.startswith(heard[0]["text"])
+    answered = [p for p, n in zip(prompts, chat.max_tokens[before:], strict=True) if n > 1]
+    assert len(answered) == 1 and answered[0][-1].content.endswith(ANSWER_IN["zh"])
+    assert answered[0][-1].content.startswith(heard[0]["text"])
     assert live.persona_lang == "en" and live.lang == "zh"
 
 

@@ -27,6 +27,12 @@ Answering at a pause: an answer is started once the user has been silent for `th
 their turn is over (`end_silence_ms`), and held before its first sentence is shown until the turn
 ends; if the user goes on speaking it is dropped. Whisper and the model so use the end-of-turn wait.
 
+Reading ahead (off by default: on 2 cores it pays only for long questions, docs/live.md): every
+`read_ahead_ms` of the user's speech, the thinker, when it has nothing else to do, runs Whisper on
+what they said so far and has the model read the prompt those words begin, so that once the turn
+ends the model reads only the question's last words (llama.cpp keeps the common beginning of its
+prompts cached).
+
 Memory and knowledge are the pipeline's own (`pipeline.context`): the conversation is the user's
 thread, as in the bots, with their avatar and voice when the context keeps profiles (MemoryStore).
 The thinker keeps the chat model's prompt read ahead and writes memory's summaries in the user's
@@ -99,6 +105,12 @@ class _Answer:
     timings: StageTimings = field(default_factory=StageTimings)
 
 
+def _join(thread: threading.Thread, timeout: float) -> None:
+    thread.join(timeout)
+    if thread.is_alive():
+        log.warning("live thread %s still busy after %.0f s", thread.name, timeout)
+
+
 class LiveConversation:
     """One user's live conversation over a pipeline (models in this process)."""
 
@@ -137,6 +149,8 @@ class LiveConversation:
         self._answers: dict[int, _Answer] = {}
         self._current: _Answer | None = None  # the answer being heard, written or spoken
         self._carry: np.ndarray | None = None  # audio of a turn the user went on speaking in
+        self._said_so_far: np.ndarray | None = None  # the utterance in progress, to read ahead
+        self._reading: threading.Thread | None = None  # the model reading it
         self._closing = threading.Event()
         self._holding = False  # the user may be starting to speak: nothing is shown meanwhile
         self._active_at = time.monotonic()  # the user's voice or the twin's answer, last
@@ -167,6 +181,7 @@ class LiveConversation:
             min_speech_ms=self.options.min_speech_ms,
             end_silence_ms=self.options.end_silence_ms,
             pause_silence_ms=self.options.think_after_ms,
+            progress_ms=self.options.read_ahead_ms,
             max_utterance_s=self.options.max_utterance_s,
         )
         self._tasks.put(("prime", None))
@@ -194,9 +209,9 @@ class LiveConversation:
         with self._cond:
             self._cond.notify_all()
         for thread in self._threads:
-            thread.join(timeout)
-            if thread.is_alive():
-                log.warning("live thread %s still busy after %.0f s", thread.name, timeout)
+            _join(thread, timeout)
+        if self._reading is not None:  # started by the thinker, which has stopped by now
+            _join(self._reading, timeout)
         if interrupted is not None:
             self._record(interrupted, cut=True)
         if self._warm is not None:
@@ -294,6 +309,8 @@ class LiveConversation:
                         self._tasks.put(("record_cut", interrupted))
                         self._emit({"type": "idle", "interrupted": True})
                     self._emit({"type": "listening"})
+                elif event.kind == "progress":
+                    self._read_ahead_later(event.audio)
                 elif event.kind == "pause":
                     self._heard(event.audio, turn_ended=False)
                 elif event.kind == "resume":
@@ -352,6 +369,16 @@ class LiveConversation:
             self._answers.pop(answer.id, None)
             self._current = None
 
+    def _read_ahead_later(self, audio: np.ndarray | None) -> None:
+        """The user is still speaking: have the thinker read their words so far, if it is free."""
+        with self._cond:
+            if audio is None or self._current is not None or not self._tasks.empty():
+                return
+            if self._carry is not None:
+                audio = np.concatenate([self._carry, audio])
+            self._said_so_far = audio
+        self._tasks.put(("read_ahead", None))
+
     def _turn_ended(self, audio: np.ndarray | None) -> None:
         """The user's turn is over: show the answer started at its last pause, or start one now."""
         with self._cond:
@@ -389,24 +416,60 @@ class LiveConversation:
                 return
             kind, answer = task
             try:
-                if answer is None:
+                if kind == "prime":
                     self._prime()
-                elif kind == "answer":
+                elif kind == "read_ahead":
+                    self._read_ahead()
+                elif kind == "answer" and answer is not None:
                     self._answer(answer)
-                else:
+                elif answer is not None:
                     self._record(answer, cut=kind == "record_cut")
                     self._prime()  # the next prompt ends with this turn: read it now, not then
             except Exception:
                 log.exception("live %s failed", kind)
 
+    def _question_waiting(self) -> bool:
+        return not self._tasks.empty() or self._closing.is_set()
+
     def _prime(self) -> None:
         assert self._warm is not None
+        if not self._question_waiting():  # a question goes first, also once priming has begun
+            self._warm.prime(self.persona_lang, self._question_waiting)
 
-        def question_waiting() -> bool:
-            return not self._tasks.empty() or self._closing.is_set()
+    def _read_ahead(self) -> None:
+        """Whisper on the user's words so far, then the model reads the prompt they begin, in a
+        thread of its own: the thinker is free at once for the answer, whose Whisper call then
+        overlaps the model's last step in reading (a step cannot be stopped midway)."""
+        assert self._warm is not None
+        warm = self._warm
+        with self._cond:
+            audio, self._said_so_far = self._said_so_far, None
+        reading = self._reading
+        if audio is None or self._question_waiting() or (reading is not None and reading.is_alive()):
+            return
+        started = time.perf_counter()
+        try:
+            transcript = self.pipeline.recognizer.transcribe(Audio(audio, MIC_RATE))
+        except EmptyTranscript:
+            return
+        except Exception:
+            log.exception("live: could not recognise the words so far")
+            return
+        log.info("live: heard so far in %.2f s: %r", time.perf_counter() - started, transcript.text)
+        if self._question_waiting():
+            return
+        language = "zh" if transcript.language.startswith(("zh", "yue")) else transcript.language
 
-        if not question_waiting():  # a question goes first, also once priming has begun
-            self._warm.prime(self.persona_lang, question_waiting)
+        def answering() -> bool:  # the turn paused or ended: that answer's prompt comes next
+            return self._current is not None or self._closing.is_set()
+
+        self._reading = threading.Thread(
+            target=warm.read_ahead,
+            args=(transcript.text, language, self.persona_lang, answering),
+            name="live-read-ahead",
+            daemon=True,
+        )
+        self._reading.start()
 
     def _summarize_if_quiet(self) -> None:
         """Memory's summary, once the user has been quiet for `summary_after_quiet_s` (no voice, no

@@ -43,6 +43,7 @@ class LiveOptions:
     min_speech_ms: float = 128  # speech needed to start a turn, and to interrupt the twin
     end_silence_ms: float = 400  # silence that ends the user's turn
     think_after_ms: float = 160  # silence after which an answer is started, shown once the turn ends
+    read_ahead_ms: float = 0  # every this much of the user's speech, the model reads the words so far
     max_utterance_s: float = 30
     idle_ahead: int = 3  # idle frames drawn ahead of the one on screen (latency of an answer's start)
     speech_ahead_s: float = 2.0  # answer frames drawn ahead: slack against a busy CPU
@@ -63,6 +64,7 @@ class LiveOptions:
             min_speech_ms=live.min_speech_ms,
             end_silence_ms=live.end_silence_ms,
             think_after_ms=live.think_after_ms,
+            read_ahead_ms=live.read_ahead_ms,
             max_utterance_s=live.max_utterance_s,
             answer_timeout_s=settings.reply.timeout_s,
             offline_voice=live.offline_voice,

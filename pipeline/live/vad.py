@@ -50,10 +50,11 @@ class SileroStream:
 @dataclass(frozen=True)
 class TurnEvent:
     # "maybe": a first window of speech, not yet enough to start a turn; "nothing": it was not speech
-    # (a click, a cough); "start": the user began to speak; "pause": they stopped for pause_silence_ms;
-    # "resume": they went on after a pause; "end": their utterance is complete
+    # (a click, a cough); "start": the user began to speak; "progress": they have gone on speaking for
+    # another progress_ms; "pause": they stopped for pause_silence_ms; "resume": they went on after a
+    # pause; "end": their utterance is complete
     kind: str
-    audio: np.ndarray | None = None  # with "pause" and "end": the utterance so far, 16 kHz float32
+    audio: np.ndarray | None = None  # with "progress", "pause", "end": the utterance so far, 16 kHz float32
     at: float = 0.0  # stream time (s) of the event: when the speech began / when the silence ended it
 
 
@@ -68,6 +69,7 @@ class TurnDetector:
         min_speech_ms: float = 128,
         end_silence_ms: float = 500,
         pause_silence_ms: float = 0,
+        progress_ms: float = 0,
         preroll_ms: float = 300,
         max_utterance_s: float = 30,
         model: SileroStream | None = None,
@@ -79,6 +81,7 @@ class TurnDetector:
         # 0 (off), or fewer windows than end_windows: a pause must come before the end
         pause = round(pause_silence_ms / WINDOW_MS) if pause_silence_ms > 0 else 0
         self.pause_windows = pause if 0 < pause < self.end_windows else 0
+        self.progress_windows = max(1, round(progress_ms / WINDOW_MS)) if progress_ms > 0 else 0
         self.max_windows = max(self.min_windows + 1, round(max_utterance_s * 1000 / WINDOW_MS))
         self.model = model or SileroStream()
         self._pending = np.zeros(0, np.float32)
@@ -88,6 +91,7 @@ class TurnDetector:
         self._silent = 0  # consecutive silent windows while speaking
         self._paused = False  # a "pause" was reported and no speech came since
         self._windows = 0  # windows seen, for stream time
+        self._progress_at = 0  # utterance length (windows) at the last "progress"
         self.speaking = False
 
     @property
@@ -123,6 +127,7 @@ class TurnDetector:
             self.speaking, self._silent = True, 0
             self._utterance = list(self._before)
             self._before.clear()
+            self._progress_at = 0
             return TurnEvent("start", at=self.now - self._voiced * WINDOW / RATE)
         self._utterance.append(window)
         if p < self.neg_threshold:
@@ -136,6 +141,10 @@ class TurnDetector:
             if self._silent == self.pause_windows and self.pause_windows and not self._paused:
                 self._paused = True
                 return TurnEvent("pause", audio=np.concatenate(self._utterance), at=self.now)
+            grown = len(self._utterance) - self._progress_at
+            if self.progress_windows and self._silent == 0 and grown >= self.progress_windows:
+                self._progress_at = len(self._utterance)
+                return TurnEvent("progress", audio=np.concatenate(self._utterance), at=self.now)
             return None
         return self._finish()
 

@@ -2,8 +2,9 @@
 
 On 2 cores the embedded 1.5B reads 60-100 prompt tokens a second, so what decides how soon a live
 answer starts is how much of its prompt llama.cpp has already read (its prompt cache holds several
-prompts). A live conversation therefore has the model read the user's prompt ahead of time, and
-keeps the prompt's beginning stable: memory's rolling summary, which rewrites the notes at the top
+prompts). A live conversation therefore has the model read the user's prompt ahead of time (after
+each turn, and the words of a question while the user is still saying it), and keeps the prompt's
+beginning stable: memory's rolling summary, which rewrites the notes at the top
 of the prompt and holds the model's one slot for seconds, is not written in the background during
 the session but here, in the user's quiet moments, and given up the moment they speak.
 """
@@ -15,7 +16,7 @@ import time
 from collections.abc import Callable
 
 from pipeline.context import QuietTimeSummaries
-from pipeline.llm.base import ChatModel
+from pipeline.llm.base import ChatMessage, ChatModel
 from pipeline.orchestrator import ReplyPipeline
 
 log = logging.getLogger(__name__)
@@ -48,25 +49,37 @@ class WarmPrompt:
 
     def prime(self, lang: str, stop: Callable[[], bool] | None = None) -> None:
         """Have the model read the user's prompt (persona, notes, history) with the persona of `lang`,
-        as the next question's will begin: that question then costs its own few tokens, not the whole prompt
-        (~1.7 s on 2 cores when nothing is cached). Blocking; `stop()` gives it up (a question is
-        waiting), which a model reporting its progress (the embedded one) notices after each batch
-        of the prompt it reads; what it has read stays cached."""
+        as the next question's will begin: that question then costs its own few tokens, not the whole
+        prompt (~1.7 s on 2 cores when nothing is cached). Blocking; `stop()` gives it up."""
         context = self.pipeline.context.context_for(self.thread, self.user, "")
         messages = self.pipeline._messages("你好" if lang == "zh" else "Hi", lang, context, lang)
+        self.read(messages, stop, "primed")
+
+    def read_ahead(
+        self, words: str, language: str, lang: str, stop: Callable[[], bool] | None = None
+    ) -> None:
+        """Have the model read the prompt of a question whose first `words` the user has said so far
+        (under the persona of `lang`): when the question is complete, only its last words are left."""
+        context = self.pipeline.context.context_for(self.thread, self.user, words)
+        self.read(self.pipeline._messages(words, language, context, lang), stop, "read ahead")
+
+    def read(self, messages: list[ChatMessage], stop: Callable[[], bool] | None, what: str) -> None:
+        """Have the model read `messages` into its prompt cache (it writes one token). Blocking;
+        `stop()` gives it up (a question is waiting), which a model reporting its progress (the
+        embedded one) notices after each batch of the prompt it reads; what it has read stays cached."""
         started = time.perf_counter()
         stream = self.chat_model.stream(messages, max_tokens=1, temperature=0)
         try:
             for _ in stream:
                 if stop is not None and stop():
-                    log.info("live: priming given up after %.2f s", time.perf_counter() - started)
+                    log.info("live: %s given up after %.2f s", what, time.perf_counter() - started)
                     return
         except Exception as e:  # a model that cannot answer now says so on the first question
-            log.info("could not prime the chat model: %s", e)
+            log.info("live: the chat model could not read a prompt (%s): %s", what, e)
             return
         finally:
             stream.close()
-        log.info("live: primed the chat model in %.2f s", time.perf_counter() - started)
+        log.info("live: %s the chat model's prompt in %.2f s", what, time.perf_counter() - started)
 
     def summarize(self, stop: Callable[[], bool], lang: str) -> None:
         """Write the summary due, if one is; `stop()` gives it up (nothing is written), e.g. when the
