@@ -329,15 +329,19 @@ class ReplyPipeline:
         ending: AnswerEnding,
         chat_model: ChatModel | None = None,
         first_clause_chars: int = 0,
+        first_phrase_words: int = 0,
     ) -> Iterator[str]:
         """The model's answer, sentence by sentence, as each one is complete. A sentence the model was
         cut off in (token or time limit) is never spoken: it goes to `ending.dropped`. `chat_model`:
         another than the pipeline's (a live conversation's own, `[live] chat_model`);
-        `first_clause_chars`: the first piece may be a clause that long (SentenceSplitter)."""
+        `first_clause_chars`, `first_phrase_words`: the first piece may be a clause that long, or a
+        phrase of that many words (SentenceSplitter)."""
         llm = self.settings.llm
         t0 = time.perf_counter()
         first = True
-        splitter = SentenceSplitter(first_clause_chars=first_clause_chars)
+        splitter = SentenceSplitter(
+            first_clause_chars=first_clause_chars, first_phrase_words=first_phrase_words
+        )
         stream = answer_policy.respond(
             chat_model or self.chat_model, messages, max_tokens=llm.max_tokens, temperature=llm.temperature
         )

@@ -11,6 +11,17 @@ _LATIN = re.compile(r"[A-Za-z]")
 _CJK_END = "。！？!?；;…"
 _LATIN_END = ".!?"
 _CLAUSE_END = ",，、:："
+# Words an English phrase that may be said on its own is followed by: a clause or an adverbial
+# starts ("The sky is blue | because …", "Cats are known | for …"), or the verb after a long subject
+# ("The best way to learn to swim | is …"). Not "of", "to", "in", "on": they bind too tightly.
+_PHRASE_STARTERS = frozenset(
+    {
+        *("because", "since", "but", "and", "or", "which", "who", "whose", "that", "when", "where"),
+        *("while", "with", "without", "by", "from", "for", "after", "before", "during", "due"),
+        *("is", "are", "was", "were"),
+    }
+)
+_WORD = re.compile(r"\S+")
 _MARKDOWN = re.compile(r"(\*\*|__|`+|^#+\s*|^\s*[-*+]\s+|^\s*\d+\.\s+)", re.MULTILINE)
 _EMOJI = re.compile("[\U0001f000-\U0001faff\u2600-\u27bf\ufe0f\u200d]")
 _SPACES = re.compile(r"\s+")
@@ -117,13 +128,23 @@ class SentenceSplitter:
 
     With `first_clause_chars`, the first piece may end at a clause mark (a comma, 、 or a colon)
     once it is that long: a live answer starts speaking after "To make a good cup of tea," instead
-    of waiting for the model to finish the whole first sentence (~1 s on 2 cores).
+    of waiting for the model to finish the whole first sentence (~1 s on 2 cores). With
+    `first_phrase_words` as well, an English first sentence without such a mark may be cut before
+    a word that starts a phrase, once that many words precede it ("The sky is blue" | "because of
+    …"): the piece ends without a mark (`is_phrase`), to be said as a phrase that goes on.
     """
 
-    def __init__(self, min_chars: int = 12, max_chars: int = 220, first_clause_chars: int = 0) -> None:
+    def __init__(
+        self,
+        min_chars: int = 12,
+        max_chars: int = 220,
+        first_clause_chars: int = 0,
+        first_phrase_words: int = 0,
+    ) -> None:
         self.min_chars = min_chars
         self.max_chars = max_chars
         self.first_clause_chars = first_clause_chars
+        self.first_phrase_words = first_phrase_words
         self._buf = ""
         self._released = False
 
@@ -161,6 +182,24 @@ class SentenceSplitter:
                     return end
             if i + 1 >= self.max_chars and ch in " ，,、":
                 return i + 1
+        return self._phrase_cut()
+
+    def _phrase_cut(self) -> int | None:
+        """Where the first piece may end before a phrase-starting word (see the class), if anywhere."""
+        if not self.first_phrase_words or not self.first_clause_chars or self._released:
+            return None
+        buf = self._buf
+        if _CJK.search(buf):
+            return None
+        words = list(_WORD.finditer(buf))
+        # the last word may still be growing ("is" → "island"): only words followed by a space count
+        complete = words if buf[-1:].isspace() else words[:-1]
+        for n, word in enumerate(complete):
+            if n < self.first_phrase_words or word.group().lower() not in _PHRASE_STARTERS:
+                continue
+            before = buf[: word.start()].rstrip()
+            if before[-1:].isalnum() and _weight(before) >= self.first_clause_chars:
+                return word.start()
         return None
 
     def _clause_ends_at(self, i: int) -> bool:
@@ -171,6 +210,11 @@ class SentenceSplitter:
         # "384,400" or "3:30" are not clauses: a Latin mark needs a space after it
         spaced = buf[i] not in ",:" or (i + 1 < len(buf) and buf[i + 1].isspace())
         return spaced and _weight(buf[: i + 1].strip()) >= self.first_clause_chars
+
+
+def is_phrase(piece: str) -> bool:
+    """A piece cut before a phrase-starting word (SentenceSplitter), not at a mark."""
+    return piece[-1:].isalnum()
 
 
 def _weight(text: str) -> int:

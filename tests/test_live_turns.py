@@ -211,6 +211,38 @@ def test_the_model_reads_a_long_question_while_the_user_is_still_saying_it(pipel
     assert live.counts["answers"] == 1
 
 
+class RecordingVoice:
+    """The pipeline's voice, keeping the texts it was given."""
+
+    def __init__(self, voice) -> None:  # type: ignore[no-untyped-def]
+        self.voice, self.texts = voice, []
+
+    def synthesize(self, text, language, settings):  # type: ignore[no-untyped-def]
+        self.texts.append(text)
+        return self.voice.synthesize(text, language, settings)
+
+
+def test_an_english_answer_may_begin_with_a_phrase_said_as_one_that_goes_on(pipeline, piper):
+    """The first sentence has no comma: its first words are said as soon as a phrase ends, with the
+    voice's comma (a phrase that goes on); memory keeps the sentence whole."""
+    chat, voice, user = pipeline.chat_model, pipeline.synthesizer, user_key("http", "olga")
+    answer = "The sky is blue because of the scattering of light."
+    chat.answer, pipeline.synthesizer = answer, RecordingVoice(voice)
+    try:
+        audio = np.concatenate([silence(500), spoken(piper, "Why is the sky blue?"), silence(900)])
+        events, live = converse(pipeline, audio, user)
+        said = pipeline.synthesizer.texts
+    finally:
+        chat.answer, pipeline.synthesizer = ANSWER, voice
+    assert [e["text"] for e in events if e["type"] == "answer"] == [
+        "The sky is blue",
+        "because of the scattering of light.",
+    ]
+    assert said == ["The sky is blue,", "because of the scattering of light."]
+    history = pipeline.context.context_for(user, user, "?").history
+    assert history[-1].content == answer and live.counts["answers"] == 1
+
+
 def test_a_question_in_another_language_keeps_the_sessions_persona(pipeline):
     """A Chinese question in a session opened in English: the model is asked under the English
     persona it has already read (primed), and told to answer in Chinese."""

@@ -1,6 +1,8 @@
+import re
+
 import pytest
 
-from pipeline.text import SentenceSplitter, clean_for_speech, detect_language, split_sentences
+from pipeline.text import SentenceSplitter, clean_for_speech, detect_language, is_phrase, split_sentences
 
 
 def test_detect_language():
@@ -82,6 +84,54 @@ def test_a_live_answer_may_start_with_its_first_clause(pieces: list[str], expect
     assert out == expected
     # without the option, whole sentences only
     assert "".join(SentenceSplitter().feed("To make a good cup of tea, start")) == ""
+
+
+def _tokens(text: str) -> list[str]:
+    """`text` as a model streams it: each word with the space before it."""
+    return re.findall(r"\s*\S+", text)
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        (
+            "The sky is blue because of the scattering of light.",
+            ["The sky is blue", "because of the scattering of light."],
+        ),
+        (
+            "The best way to learn to swim is by taking lessons. It is fun.",
+            ["The best way to learn to swim", "is by taking lessons.", "It is fun."],
+        ),
+        ("Cats are known for their curious nature.", ["Cats are known", "for their curious nature."]),
+        ("The capital of France is Paris.", ["The capital of France", "is Paris."]),
+        # fewer than 3 words before the word, or only "of", "to", "in": no phrase
+        ("Paris is the capital of France.", ["Paris is the capital of France."]),
+        ("Spiders have eight legs in total.", ["Spiders have eight legs in total."]),
+        # a mark first: the clause, as before
+        ("To make a good cup of tea, start with water.", ["To make a good cup of tea,", "start with water."]),
+        # Chinese keeps its clause marks
+        ("天空是蓝色的因为光被散射了。", ["天空是蓝色的因为光被散射了。"]),
+    ],
+)
+def test_a_live_answer_may_start_with_a_phrase(answer: str, expected: list[str]):
+    splitter = SentenceSplitter(first_clause_chars=10, first_phrase_words=3)
+    out = [sentence for piece in _tokens(answer) for sentence in splitter.feed(piece)] + splitter.flush()
+    assert out == expected
+    # only the first piece may be a phrase; without the option, none is
+    assert not any(is_phrase(piece) for piece in out[1:])
+    plain = SentenceSplitter(first_clause_chars=10)
+    assert not any(
+        is_phrase(p) for p in [s for piece in _tokens(answer) for s in plain.feed(piece)] + plain.flush()
+    )
+
+
+def test_a_word_still_being_written_is_not_taken_for_a_phrase_starter():
+    splitter = SentenceSplitter(first_clause_chars=10, first_phrase_words=3)
+    assert splitter.feed("The big green is") == []  # "is", or the start of "island"?
+    assert splitter.feed("land has birds") == []
+    assert splitter.feed(" and") == []  # not yet: "and" or "android"?
+    assert splitter.feed(" trees.") == ["The big green island has birds"]
+    assert splitter.flush() == ["and trees."]
 
 
 def test_chinese_sentences_split_on_full_width_marks():

@@ -64,7 +64,7 @@ from pipeline.media.audio_input import resample
 from pipeline.orchestrator import NO_ANSWER, AnswerEnding, ReplyPipeline
 from pipeline.render.base import PreparedAvatar
 from pipeline.render.variants import frame_size, square_avatar
-from pipeline.text import clean_for_speech, detect_language, has_speakable_text
+from pipeline.text import clean_for_speech, detect_language, has_speakable_text, is_phrase
 from pipeline.tts.factory import default_voice
 from pipeline.types import Audio, Speech, StageTimings, VoiceSettings
 
@@ -514,6 +514,7 @@ class LiveConversation:
                 AnswerEnding(),
                 self.chat_model,
                 first_clause_chars=self.options.first_clause_chars,
+                first_phrase_words=self.options.first_phrase_words,
             )
             try:
                 for sentence in sentences:
@@ -546,6 +547,8 @@ class LiveConversation:
         text = clean_for_speech(sentence)
         if not has_speakable_text(text):
             return
+        if is_phrase(text):  # "The sky is blue" | "because …": said as a phrase that goes on
+            text += ","
         t0 = time.perf_counter()
         language = detect_language(text, default=answer.language)
         synthesizer = self.pipeline.synthesizer
@@ -642,7 +645,8 @@ class LiveConversation:
     def _draw_sentence(self, answer: _Answer, sentence: str, speech: Speech) -> None:
         opts = self.options
         t0 = time.perf_counter()
-        pause = np.zeros(int(SENTENCE_PAUSE_S * speech.audio.sample_rate), np.float32)
+        breath = 0.0 if is_phrase(sentence) else SENTENCE_PAUSE_S  # the voice's comma pauses already
+        pause = np.zeros(int(breath * speech.audio.sample_rate), np.float32)
         speech = Speech(
             speech.text,
             speech.language,

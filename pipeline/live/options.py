@@ -51,6 +51,7 @@ class LiveOptions:
     offline_voice: bool = True  # with tts.backend "auto": the offline voice, never edge-tts's round trip
     summary_after_quiet_s: float = 3.0  # quiet (no voice, no answer) before memory's summary is written
     first_clause_chars: int = 10  # the first thing said may be a clause this long (0: a whole sentence)
+    first_phrase_words: int = 3  # or, in English, a phrase of this many words (0: not)
 
     @classmethod
     def from_settings(cls, settings: Any) -> LiveOptions:
