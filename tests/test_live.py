@@ -304,7 +304,9 @@ def test_the_pages_live_button_in_a_real_browser(stack, question, tmp_path: Path
             lambda: [x for x in log_items() if x.startswith("You:")], "the heard question", log_items
         )
         assert "capital" in heard[0].lower(), heard
-        _wait(lambda: "Twin: Paris is the capital of France." in log_items(), "the first answer", log_items)
+        # the answer's sentences, as they are spoken, on one line
+        _wait(lambda: "Twin: Paris is the capital of France." in log_items(), "the first sentence", log_items)
+        _wait(lambda: f"Twin: {ANSWER}" in log_items(), "the whole answer on its line", log_items)
         stats = _wait(
             lambda: (s := _inbound(browser))["video_frames"] > 25 and s["audio_energy"] > 0 and s,
             "decoded video and answer audio",
