@@ -478,7 +478,11 @@ def main() -> None:
     print(json.dumps(summary, indent=2, ensure_ascii=False))
     if args.out:
         Path(args.out).write_text(
-            json.dumps({"summary": summary, "questions": results}, indent=2, ensure_ascii=False)
+            json.dumps(
+                {"summary": summary, "questions": results, "chat_model_requests": requests},
+                indent=2,
+                ensure_ascii=False,
+            )
         )
 
 
