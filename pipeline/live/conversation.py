@@ -455,7 +455,8 @@ class LiveConversation:
         except Exception:
             log.exception("live: could not recognise the words so far")
             return
-        log.info("live: heard so far in %.2f s: %r", time.perf_counter() - started, transcript.text)
+        took = time.perf_counter() - started
+        log.info("live: heard %d characters so far in %.2f s", len(transcript.text), took)
         if self._question_waiting():
             return
         language = "zh" if transcript.language.startswith(("zh", "yue")) else transcript.language
